@@ -1,0 +1,208 @@
+"""`llamaforge <command> ...`: argument parsing only; each command lives in its own module.
+
+User errors (LlamaforgeError) print one message and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from llamaforge.errors import LlamaforgeError
+
+logger = logging.getLogger("llamaforge")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default=None, help="base model: smollm2-135m, HF dir, .gguf, cached hub id"
+    )
+    p.add_argument("--adapter", default=None, help="LoRA adapter or run directory")
+    p.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16")
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--num-beams", type=int, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--template", default=None, help="chat (default), alpaca, vigogne, llama3, ...")
+    p.add_argument("--system", default=None, help="system prompt")
+
+
+def _config_values(args: argparse.Namespace, names: Sequence[str]) -> dict[str, object]:
+    """Command-line flags that were given, as config keys (dashes → underscores)."""
+    values = {}
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    return values
+
+
+MODEL_FLAGS = ("model", "adapter", "dtype")
+GENERATION_FLAGS = (
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "num_beams",
+    "repetition_penalty",
+    "do_sample",
+    "stop",
+    "seed",
+    "template",
+    "system_prompt",
+)
+
+
+def _load_config(args: argparse.Namespace, flags: Sequence[str]):
+    from llamaforge.config import load_run_config
+
+    if getattr(args, "system", None) is not None:
+        args.system_prompt = args.system
+    return load_run_config(
+        getattr(args, "config", None), getattr(args, "overrides", ()), **_config_values(args, flags)
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from llamaforge.inference.commands import run_generate
+
+    cfg = _load_config(args, (*MODEL_FLAGS, *GENERATION_FLAGS))
+    return run_generate(
+        cfg, prompt=args.prompt, input_path=args.input, output_path=args.output, raw=args.raw
+    )
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from llamaforge.inference.chat_cli import run_chat
+
+    cfg = _load_config(args, (*MODEL_FLAGS, *GENERATION_FLAGS))
+    return run_chat(cfg)
+
+
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    from llamaforge.data.preview import preview_dataset
+
+    args.dataset_list = [args.dataset]
+    cfg = _load_config(
+        args, ("model", "template", "cutoff_len", "train_on_inputs", "format", "dataset_dir")
+    )
+    cfg = _with_dataset(cfg, args.dataset)
+    sys.stdout.write(preview_dataset(cfg, num_examples=args.num_examples) + "\n")
+    return 0
+
+
+def _with_dataset(cfg, dataset: str):
+    import dataclasses
+
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=(dataset,)))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from llamaforge.config import load_run_config
+    from llamaforge.methods import run_training
+
+    cfg = load_run_config(args.config, args.overrides)
+    run_training(cfg)
+    return 0
+
+
+def cmd_config_keys(args: argparse.Namespace) -> int:
+    from llamaforge.config.docs import describe_keys
+
+    sys.stdout.write(describe_keys() + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llamaforge", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "train", help="fine-tune a model: llamaforge train CONFIG.yaml [key=value ...]"
+    )
+    p.add_argument("config", nargs="?", help="YAML config (optional when overrides say enough)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, values parsed as YAML")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "generate", help="generate answers for one prompt or a JSONL file of prompts"
+    )
+    _add_model_args(p)
+    _add_generation_args(p)
+    p.add_argument("--prompt", help="user message (formatted with the chat/prompt template)")
+    p.add_argument("--input", help="JSONL of prompts ({'prompt': ...} or {'messages': [...]})")
+    p.add_argument("--output", help="JSONL file for predictions (with --input)")
+    p.add_argument("--raw", action="store_true", help="send the prompt text as-is, no template")
+    p.add_argument("--config", help="optional YAML config")
+    p.set_defaults(func=cmd_generate, overrides=())
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat in the terminal")
+    _add_model_args(p)
+    _add_generation_args(p)
+    p.add_argument("--config", help="optional YAML config")
+    p.set_defaults(func=cmd_chat, overrides=())
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser(
+        "preview", help="validate a dataset and show records as the model sees them"
+    )
+    p.add_argument("dataset", help="a file path or a registry name")
+    p.add_argument("--model", default=None)
+    p.add_argument("--template", default=None)
+    p.add_argument("--cutoff-len", type=int, default=None)
+    p.add_argument("--train-on-inputs", action="store_true", default=None)
+    p.add_argument("--format", default=None)
+    p.add_argument("--dataset-dir", default=None)
+    p.add_argument("--num-examples", type=int, default=3)
+    p.set_defaults(func=cmd_data_preview, overrides=())
+
+    cfg = sub.add_parser("config", help="config tools").add_subparsers(
+        dest="config_command", required=True
+    )
+    p = cfg.add_parser("keys", help="list every config key with its default and meaning")
+    p.set_defaults(func=cmd_config_keys)
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "generate": cmd_generate,
+    "chat": cmd_chat,
+    "data preview": cmd_data_preview,
+    "config keys": cmd_config_keys,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except LlamaforgeError as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""`llamaforge config keys`: every key with its section, default and docstring."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+
+from llamaforge.config import sections
+from llamaforge.config.loader import ALIASES
+
+
+def _field_docs() -> dict[str, str]:
+    """Attribute docstrings (the string literal right after each annotated field)."""
+    tree = ast.parse(inspect.getsource(sections))
+    docs: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        body = node.body
+        for stmt, nxt in zip(body, body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe_keys() -> str:
+    docs = _field_docs()
+    lines = []
+    for section, cls in sections.SECTIONS.items():
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            lines.append(f"  {f.name} = {default!r}\n      {docs.get(f.name, '')}")
+    aliases = ", ".join(f"{k} → {v}" for k, v in ALIASES.items())
+    lines.append(f"aliases: {aliases}")
+    return "\n".join(lines)

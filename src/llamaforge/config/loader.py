@@ -1,0 +1,257 @@
+"""YAML + ``key=value`` overrides → a validated, frozen :class:`RunConfig`.
+
+Every problem is collected and reported at once, each with its place
+(``config.yaml:12: key 'lerning_rate'``) and a fix (``did you mean 'learning_rate'?``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llamaforge.config.sections import SECTIONS, RunConfig
+from llamaforge.config.validate import validate_run_config
+from llamaforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Flat alpaca-lora / LLaMA-Factory / HF names → ours, so configs users already have run.
+ALIASES: dict[str, str] = {
+    "base_model": "model",
+    "model_name_or_path": "model",
+    "data_path": "dataset",
+    "prompt_template_name": "template",
+    "lora_rank": "lora_r",
+    "lora_target": "lora_target_modules",
+    "finetuning_type": "finetuning",
+    "num_train_epochs": "num_epochs",
+    "per_device_train_batch_size": "micro_batch_size",
+    "lr_scheduler": "lr_scheduler_type",
+    "bf16": "precision",
+}
+# alpaca-lora keys with no effect here; accepted (with a note) so its configs run unchanged.
+IGNORED_KEYS = {"wandb_project", "wandb_run_name", "wandb_watch", "wandb_log_model"}
+
+FIELD_SECTION: dict[str, str] = {
+    f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+}
+_HINTS: dict[str, dict[str, Any]] = {
+    section: typing.get_type_hints(cls) for section, cls in SECTIONS.items()
+}
+
+
+def known_keys() -> list[str]:
+    return sorted(FIELD_SECTION)
+
+
+def _did_you_mean(key: str) -> str:
+    candidates = [*FIELD_SECTION, *ALIASES, *SECTIONS]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return (
+        f"; did you mean '{close[0]}'?" if close else "; run `llamaforge config keys` to list keys"
+    )
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Line numbers (1-based) of top-level keys and of ``section.key`` keys."""
+    lines: dict[str, int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key_node, value_node in root.value:
+        lines[str(key_node.value)] = key_node.start_mark.line + 1
+        if isinstance(value_node, yaml.MappingNode):
+            for sub_key, _ in value_node.value:
+                lines[f"{key_node.value}.{sub_key.value}"] = sub_key.start_mark.line + 1
+    return lines
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+    return data, _key_lines(text)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Coerce a YAML value to the field's annotated type or raise ValueError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(" or ".join(errors))
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(hint)[0], key) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads `1e-4` as a string
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _flatten(
+    data: Mapping[str, Any], lines: Mapping[str, int], where: str
+) -> Iterable[tuple[str, Any, str]]:
+    """Yield (key, value, place) with section mappings opened up."""
+    for key, value in data.items():
+        key = str(key)
+        if key in SECTIONS and isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                line = lines.get(f"{key}.{sub_key}")
+                yield f"{key}.{sub_key}", sub_value, f"{where}:{line}" if line else where
+        else:
+            line = lines.get(key)
+            yield key, value, f"{where}:{line}" if line else where
+
+
+def _alias_value(alias: str, value: Any) -> Any:
+    if alias == "bf16":  # HF's `bf16: true`
+        return "bf16" if value else "fp32"
+    return value
+
+
+def build_run_config(
+    entries: Iterable[tuple[str, Any, str]], source: str | None = None
+) -> RunConfig:
+    """Build a RunConfig from (key, value, place) entries; later entries win."""
+    errors: list[str] = []
+    values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for raw_key, value, place in entries:
+        section_hint, _, key = raw_key.rpartition(".")
+        if key in IGNORED_KEYS:
+            logger.info("%s: '%s' has no effect in llamaforge; ignored", place, key)
+            continue
+        if key in ALIASES:
+            value = _alias_value(key, value)
+            key = ALIASES[key]
+        section = FIELD_SECTION.get(key)
+        if section is None or (section_hint and section_hint != section):
+            if section is not None:
+                errors.append(f"{place}: key '{raw_key}' belongs in section '{section}'")
+            else:
+                errors.append(f"{place}: unknown key '{raw_key}'{_did_you_mean(key)}")
+            continue
+        try:
+            values[section][key] = _coerce(value, _HINTS[section][key], key)
+        except ValueError as e:
+            errors.append(f"{place}: key '{key}': {e}")
+    sections = {}
+    for section, cls in SECTIONS.items():
+        sections[section] = cls(**values[section])
+    config = RunConfig(**sections, source=source)
+    errors.extend(validate_run_config(config))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return config
+
+
+def load_run_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), **values: Any
+) -> RunConfig:
+    """Load a config file (optional), then apply ``key=value`` overrides and keyword values.
+
+    >>> load_run_config(None, ["learning_rate=1e-4", "dataset=data.json"]).training.learning_rate
+    0.0001
+    """
+    entries: list[tuple[str, Any, str]] = []
+    source = None
+    if path is not None:
+        path = Path(path)
+        data, lines = _read_yaml(path)
+        entries.extend(_flatten(data, lines, str(path)))
+        source = str(path)
+    for item in overrides:
+        key, value = _parse_override(item)
+        entries.append((key, value, f"override '{item}'"))
+    entries.extend((key, value, f"argument '{key}'") for key, value in values.items())
+    return build_run_config(entries, source)
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (lists, not tuples) for saving as YAML/JSON."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {
+        section: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, section)).items()}
+        for section in SECTIONS
+    }

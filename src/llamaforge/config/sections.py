@@ -1,0 +1,203 @@
+"""Typed, frozen config sections.
+
+A run's YAML is flat (``learning_rate: 1e-4``) or grouped by section
+(``training: {learning_rate: 1e-4}``); every key name is unique across sections so
+that both forms, and ``key=value`` overrides on the command line, map to exactly one
+field. Each field's docstring is the user documentation for that key.
+Validation lives in :mod:`llamaforge.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = "smollm2-135m"
+    """Base model: the alias ``smollm2-135m`` (bundled), a local HF directory, a ``.gguf``
+    file, or a hub id that is already in the local HF cache."""
+    dtype: str = "auto"
+    """Weights dtype: auto | float32 | bfloat16 | float16. ``auto`` is float32 on CPU and
+    bfloat16 on GPUs that support it."""
+    attn_implementation: str | None = None
+    """Attention kernel passed to transformers: sdpa | eager | flash_attention_2."""
+    rope_scaling: dict[str, Any] | None = None
+    """RoPE scaling passed through, e.g. ``{rope_type: linear, factor: 2.0}``
+    (linear, dynamic, yarn, llama3)."""
+    trust_remote_code: bool = False
+    """Run code shipped with a model directory. Off unless you trust the model."""
+    quantization_bit: int | None = None
+    """Load the base model quantized with bitsandbytes: 4 (NF4) or 8."""
+    adapter: str | None = None
+    """A LoRA adapter directory (or a run directory) to load on top of the base model."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: tuple[str, ...] = ()
+    """Dataset file paths or registry names; several are mixed (concatenated, shuffled)."""
+    dataset_dir: str | None = None
+    """Directory holding ``dataset_info.json`` (registry); default: next to the config."""
+    format: str | None = None
+    """Force the input format: alpaca | sharegpt | openai | csv | text | preference."""
+    columns: dict[str, str] | None = None
+    """Column mapping for CSV/TSV (or renamed JSON fields), e.g. ``{prompt: question,
+    response: answer}``."""
+    system_prompt: str | None = None
+    """System prompt added to every conversation that has none."""
+    template: str = "chat"
+    """Prompt template: ``chat`` (the tokenizer's chat template), llama2 | llama3 | chatml
+    (a chat template override), or alpaca | alpaca_legacy | alpaca_short | vigogne or the
+    name of a JSON file in ``templates_dir``."""
+    templates_dir: str | None = None
+    """Extra directory of prompt-template JSON files (alpaca-lora layout)."""
+    cutoff_len: int = 1024
+    """Maximum tokens per example; longer examples are truncated."""
+    train_on_inputs: bool = False
+    """Also train on prompt tokens (otherwise only assistant responses carry labels)."""
+    add_eos_token: bool = True
+    """Append the EOS token after each response so the model learns to stop."""
+    val_set_size: float = 0
+    """Validation split: a count (>= 1) or a fraction (< 1) of the records."""
+    max_samples: int | None = None
+    """Use at most this many records from each dataset (for quick runs)."""
+    group_by_length: bool = False
+    """Batch records of similar length together (less padding when packing is off)."""
+    packing: bool = True
+    """Pack several examples into one row without cross-attention (padding-free)."""
+
+
+@dataclass(frozen=True)
+class FinetuningConfig:
+    finetuning: str = "lora"
+    """What to train: lora | qlora | full | freeze | prefix | prompt."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_target_modules: tuple[str, ...] | str = "all-linear"
+    """Modules that get LoRA: a list such as ``[q_proj, v_proj]`` or ``all-linear``."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA scaling."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+    freeze_trainable_layers: int = 2
+    """finetuning=freeze: train only the last N decoder layers."""
+    freeze_trainable_modules: tuple[str, ...] = ()
+    """finetuning=freeze: train only parameters whose names contain one of these."""
+    num_virtual_tokens: int = 20
+    """finetuning=prefix|prompt: number of virtual tokens."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    stage: str = "sft"
+    """Training stage: sft."""
+    output_dir: str | None = None
+    """Run directory; default ``runs/<stage>-<timestamp>``."""
+    batch_size: int = 16
+    """Global batch size in examples; gradient accumulation = batch_size //
+    (micro_batch_size * world_size)."""
+    micro_batch_size: int = 4
+    """Examples per forward pass per device."""
+    num_epochs: float = 3.0
+    """Passes over the training data (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: use num_epochs)."""
+    learning_rate: float = 2e-4
+    """Peak learning rate."""
+    warmup_steps: int = 0
+    """Linear warmup steps (wins over warmup_ratio when > 0)."""
+    warmup_ratio: float = 0.0
+    """Linear warmup as a fraction of all steps."""
+    lr_scheduler_type: str = "cosine"
+    """linear | cosine | cosine_with_restarts | constant | constant_with_warmup."""
+    optim: str = "adamw_torch"
+    """Optimizer name understood by transformers (adamw_torch, sgd, adafactor, ...)."""
+    weight_decay: float = 0.0
+    """Weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    seed: int = 42
+    """Seed for data order, initialisation and dropout."""
+    logging_steps: int = 10
+    """Log loss and learning rate every N steps."""
+    eval_steps: int | None = None
+    """Evaluate every N steps (default: once per epoch when there is a validation split)."""
+    save_steps: int | None = None
+    """Save a checkpoint every N steps (default: once per epoch)."""
+    save_total_limit: int | None = 3
+    """Keep at most N checkpoints."""
+    load_best_model_at_end: bool = False
+    """Keep the checkpoint with the lowest eval loss as the final model."""
+    early_stopping_patience: int | None = None
+    """Stop when eval loss has not improved for N evaluations."""
+    resume_from_checkpoint: str | None = None
+    """``auto`` (newest valid checkpoint in output_dir) or a checkpoint directory."""
+    precision: str = "auto"
+    """auto | fp32 | bf16 | fp16. auto: bf16 autocast where the hardware supports it."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    torch_compile: bool = False
+    """Compile the model with torch.compile."""
+    neftune_noise_alpha: float | None = None
+    """NEFTune: add uniform noise of this scale to embeddings while training."""
+    report_to: tuple[str, ...] = ()
+    """Extra loggers: tensorboard, wandb (trainer_log.jsonl is always written)."""
+    deepspeed: str | None = None
+    """DeepSpeed config JSON passed to the trainer."""
+    fsdp: str | None = None
+    """FSDP options passed to the trainer, e.g. ``full_shard auto_wrap``."""
+    predict_with_generate: bool = False
+    """After training, generate answers for the validation split and score BLEU/ROUGE."""
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 256
+    """Maximum tokens to generate."""
+    temperature: float = 0.7
+    """Sampling temperature; 0 means greedy."""
+    top_k: int = 50
+    """Sample from the k most likely tokens (0: no limit)."""
+    top_p: float = 1.0
+    """Nucleus sampling probability mass (0 < top_p <= 1)."""
+    num_beams: int = 1
+    """Beam search width (1: no beam search)."""
+    repetition_penalty: float = 1.0
+    """Penalty > 1 discourages repeating tokens."""
+    do_sample: bool | None = None
+    """Force sampling on/off; default: sample when temperature > 0 and num_beams == 1."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: generation ends when one appears (it is not included)."""
+    seed: int | None = None
+    """Seed for sampling (reproducible outputs)."""
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "finetuning": FinetuningConfig,
+    "training": TrainingConfig,
+    "generation": GenerationConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    finetuning: FinetuningConfig = field(default_factory=FinetuningConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    source: str | None = None
+    """The YAML file this config came from (None when built from overrides alone)."""
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        """Accumulation for one process; world size is divided in at trainer setup."""
+        return max(1, self.training.batch_size // self.training.micro_batch_size)

@@ -1,0 +1,113 @@
+"""Value checks across a whole RunConfig. Returns messages; the loader raises them at once."""
+
+from __future__ import annotations
+
+from llamaforge.config.sections import GenerationConfig, RunConfig
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "attn_implementation": (
+        "sdpa",
+        "eager",
+        "flash_attention_2",
+        "flash_attention_3",
+        "flex_attention",
+    ),
+    "format": ("alpaca", "sharegpt", "openai", "csv", "text", "preference"),
+    "finetuning": ("lora", "qlora", "full", "freeze", "prefix", "prompt"),
+    "stage": ("sft",),
+    "lr_scheduler_type": (
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "constant",
+        "constant_with_warmup",
+        "polynomial",
+    ),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "report_to": ("tensorboard", "wandb"),
+}
+
+
+def _choice(errors: list[str], key: str, value: object) -> None:
+    if value is not None and value not in CHOICES[key]:
+        errors.append(f"key '{key}': '{value}' is not one of: {', '.join(CHOICES[key])}")
+
+
+def validate_generation(gen: GenerationConfig) -> list[str]:
+    errors = []
+    if gen.max_new_tokens < 1:
+        errors.append(f"key 'max_new_tokens' must be >= 1, got {gen.max_new_tokens}")
+    if gen.temperature < 0:
+        errors.append(f"key 'temperature' must be >= 0 (0 = greedy), got {gen.temperature}")
+    if not 0 < gen.top_p <= 1:
+        errors.append(f"key 'top_p' must be in (0, 1], got {gen.top_p}")
+    if gen.top_k < 0:
+        errors.append(f"key 'top_k' must be >= 0 (0 = no limit), got {gen.top_k}")
+    if gen.num_beams < 1:
+        errors.append(f"key 'num_beams' must be >= 1, got {gen.num_beams}")
+    if gen.repetition_penalty <= 0:
+        errors.append(f"key 'repetition_penalty' must be > 0, got {gen.repetition_penalty}")
+    if gen.do_sample and gen.temperature == 0:
+        errors.append("key 'do_sample': true needs temperature > 0")
+    return errors
+
+
+def validate_run_config(cfg: RunConfig) -> list[str]:
+    errors: list[str] = []
+    _choice(errors, "dtype", cfg.model.dtype)
+    _choice(errors, "attn_implementation", cfg.model.attn_implementation)
+    _choice(errors, "format", cfg.data.format)
+    _choice(errors, "finetuning", cfg.finetuning.finetuning)
+    _choice(errors, "stage", cfg.training.stage)
+    _choice(errors, "lr_scheduler_type", cfg.training.lr_scheduler_type)
+    _choice(errors, "precision", cfg.training.precision)
+    for item in cfg.training.report_to:
+        _choice(errors, "report_to", item)
+    if cfg.model.quantization_bit not in (None, 4, 8):
+        errors.append(f"key 'quantization_bit': must be 4 or 8, got {cfg.model.quantization_bit}")
+    if cfg.data.cutoff_len < 2:
+        errors.append(f"key 'cutoff_len': must be >= 2, got {cfg.data.cutoff_len}")
+    if cfg.data.val_set_size < 0:
+        errors.append(f"key 'val_set_size': must be >= 0, got {cfg.data.val_set_size}")
+    if cfg.data.max_samples is not None and cfg.data.max_samples < 1:
+        errors.append(f"key 'max_samples': must be >= 1, got {cfg.data.max_samples}")
+    ft, tr = cfg.finetuning, cfg.training
+    if ft.lora_r < 1:
+        errors.append(f"key 'lora_r': must be >= 1, got {ft.lora_r}")
+    if not 0 <= ft.lora_dropout < 1:
+        errors.append(f"key 'lora_dropout': must be in [0, 1), got {ft.lora_dropout}")
+    if ft.freeze_trainable_layers < 0:
+        errors.append("key 'freeze_trainable_layers': must be >= 0")
+    if ft.num_virtual_tokens < 1:
+        errors.append("key 'num_virtual_tokens': must be >= 1")
+    if tr.micro_batch_size < 1:
+        errors.append(f"key 'micro_batch_size': must be >= 1, got {tr.micro_batch_size}")
+    elif tr.batch_size < tr.micro_batch_size:
+        errors.append(
+            f"key 'batch_size': {tr.batch_size} is smaller than micro_batch_size "
+            f"{tr.micro_batch_size}; batch_size is the global batch (a multiple of micro_batch_size)"
+        )
+    elif tr.batch_size % tr.micro_batch_size:
+        errors.append(
+            f"key 'batch_size': {tr.batch_size} is not a multiple of micro_batch_size "
+            f"{tr.micro_batch_size}"
+        )
+    if tr.learning_rate <= 0:
+        errors.append(f"key 'learning_rate': must be > 0, got {tr.learning_rate}")
+    if tr.num_epochs <= 0 and tr.max_steps <= 0:
+        errors.append("key 'num_epochs': must be > 0 (or set max_steps)")
+    if not 0 <= tr.warmup_ratio < 1:
+        errors.append(f"key 'warmup_ratio': must be in [0, 1), got {tr.warmup_ratio}")
+    for key in ("logging_steps", "eval_steps", "save_steps", "save_total_limit"):
+        value = getattr(tr, key)
+        if value is not None and value < 1:
+            errors.append(f"key '{key}': must be >= 1, got {value}")
+    if tr.early_stopping_patience is not None and not cfg.data.val_set_size:
+        errors.append("key 'early_stopping_patience' needs a validation split (val_set_size > 0)")
+    if tr.load_best_model_at_end and not cfg.data.val_set_size:
+        errors.append("key 'load_best_model_at_end' needs a validation split (val_set_size > 0)")
+    if tr.neftune_noise_alpha is not None and tr.neftune_noise_alpha <= 0:
+        errors.append("key 'neftune_noise_alpha': must be > 0")
+    errors.extend(validate_generation(cfg.generation))
+    return errors
