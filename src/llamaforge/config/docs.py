@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 
 from llamaforge.config import sections
 from llamaforge.config.loader import ALIASES
@@ -18,7 +19,7 @@ def _field_docs() -> dict[str, str]:
         if not isinstance(node, ast.ClassDef):
             continue
         body = node.body
-        for stmt, nxt in zip(body, body[1:], strict=False):
+        for stmt, nxt in itertools.pairwise(body):
             if (
                 isinstance(stmt, ast.AnnAssign)
                 and isinstance(stmt.target, ast.Name)
