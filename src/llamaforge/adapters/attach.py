@@ -1,0 +1,127 @@
+"""Our FinetuningConfig → what is trainable: peft LoRA/DoRA/prefix/prompt, full, or freeze.
+
+`attach_adapter(model, cfg)` returns the model to train. Every parameter is either
+trainable or frozen after it; `trainable_summary` reports the split. The translation to
+peft's config classes happens only in `to_peft_config`, so an upstream rename touches
+one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from llamaforge.config.sections import FinetuningConfig
+from llamaforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PEFT_METHODS = ("lora", "qlora", "prefix", "prompt")
+
+
+def _check_target_modules(model: nn.Module, targets: tuple[str, ...] | str) -> None:
+    if isinstance(targets, str):
+        return  # "all-linear" — peft resolves it
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        raise ConfigError(
+            f"key 'lora_target_modules': {missing} not found in the model; "
+            f"its linear layers are: {', '.join(linear)} (or use all-linear)"
+        )
+
+
+def to_peft_config(model: nn.Module, cfg: FinetuningConfig) -> Any:
+    """The peft config for a peft-based method."""
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
+
+    if cfg.finetuning in ("lora", "qlora"):
+        _check_target_modules(model, cfg.lora_target_modules)
+        targets = (
+            list(cfg.lora_target_modules)
+            if isinstance(cfg.lora_target_modules, tuple)
+            else cfg.lora_target_modules
+        )
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+            use_rslora=cfg.use_rslora,
+            use_dora=cfg.use_dora,
+            bias="none",
+        )
+    if cfg.finetuning == "prefix":
+        return PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens
+        )
+    if cfg.finetuning == "prompt":
+        return PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens
+        )
+    raise ValueError(f"{cfg.finetuning} is not a peft method")
+
+
+def _freeze(model: nn.Module, cfg: FinetuningConfig) -> None:
+    """Train only the last N decoder layers, or parameters whose names match."""
+    model.requires_grad_(False)
+    if cfg.freeze_trainable_modules:
+        patterns = cfg.freeze_trainable_modules
+    else:
+        n_layers = model.config.num_hidden_layers
+        if cfg.freeze_trainable_layers > n_layers:
+            raise ConfigError(
+                f"key 'freeze_trainable_layers': {cfg.freeze_trainable_layers} > the model's "
+                f"{n_layers} layers"
+            )
+        first = n_layers - cfg.freeze_trainable_layers
+        patterns = tuple(f".layers.{i}." for i in range(first, n_layers))
+    matched = 0
+    for name, param in model.named_parameters():
+        if any(p in name for p in patterns):
+            param.requires_grad_(True)
+            matched += 1
+    if not matched:
+        raise ConfigError(
+            f"key 'freeze_trainable_modules': no parameter name contains any of {list(patterns)}"
+        )
+
+
+def attach_adapter(
+    model: nn.Module, cfg: FinetuningConfig, *, gradient_checkpointing: bool = False
+) -> nn.Module:
+    """Make `model` trainable according to `cfg`; returns the model to train."""
+    if cfg.finetuning == "full":
+        model.requires_grad_(True)
+        return model
+    if cfg.finetuning == "freeze":
+        _freeze(model, cfg)
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.finetuning == "qlora":
+        # Casts norms to fp32 and enables input grads; must come before get_peft_model.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing
+        )
+    return get_peft_model(model, to_peft_config(model, cfg))
+
+
+def trainable_summary(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit packed weights counted by elements."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.dtype == torch.uint8 and hasattr(param, "quant_state"):
+            n *= 2  # bitsandbytes packs two 4-bit values per byte
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total

@@ -1,0 +1,46 @@
+"""Load a saved peft adapter (LoRA, DoRA, prefix, ...) on top of a base model for inference.
+
+A training run directory works as an adapter directory: it holds ``adapter_config.json``
+and ``adapter_model.safetensors`` at its root. A directory without ``adapter_config.json``,
+or an adapter trained for a different base model, raises a one-line ModelError.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llamaforge.errors import ModelError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+
+def load_adapter(
+    model: PreTrainedModel, path: str | Path, *, is_trainable: bool = False
+) -> PeftModel:
+    """Wrap ``model`` with the adapter saved in ``path`` (frozen unless ``is_trainable``)."""
+    from peft import PeftModel
+
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise ModelError(f"adapter directory not found: {directory}")
+    if not (directory / "adapter_config.json").is_file():
+        raise ModelError(
+            f"{directory} has no adapter_config.json; pass a LoRA adapter or a training run "
+            "directory"
+        )
+    logger.info("loading adapter %s", directory)
+    try:
+        return PeftModel.from_pretrained(model, directory, is_trainable=is_trainable)
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        # Shape mismatches (adapter trained on another base) surface as RuntimeError.
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"adapter {directory} does not fit the base model: {first_line}; load it with the "
+            "base model it was trained on"
+        ) from None

