@@ -74,18 +74,18 @@ def _load_config(args: argparse.Namespace, flags: Sequence[str]):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    cfg = _load_config(args, (*MODEL_FLAGS, *GENERATION_FLAGS))
     from llamaforge.inference.commands import run_generate
 
-    cfg = _load_config(args, (*MODEL_FLAGS, *GENERATION_FLAGS))
     return run_generate(
         cfg, prompt=args.prompt, input_path=args.input, output_path=args.output, raw=args.raw
     )
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    cfg = _load_config(args, (*MODEL_FLAGS, *GENERATION_FLAGS))
     from llamaforge.inference.chat_cli import run_chat
 
-    cfg = _load_config(args, (*MODEL_FLAGS, *GENERATION_FLAGS))
     return run_chat(cfg)
 
 
@@ -109,9 +109,13 @@ def _with_dataset(cfg, dataset: str):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from llamaforge.config import load_run_config
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config, *overrides]  # `llamaforge train key=value ...`
+    cfg = load_run_config(config, overrides)
     from llamaforge.methods import run_training
 
-    cfg = load_run_config(args.config, args.overrides)
     run_training(cfg)
     return 0
 

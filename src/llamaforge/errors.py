@@ -26,3 +26,9 @@ class ModelError(LlamaforgeError):
 
 class ExportError(LlamaforgeError):
     """A merge or export that cannot be done or failed verification."""
+
+
+class TrainingInterrupted(LlamaforgeError):
+    """Ctrl-C or SIGTERM stopped training after a resumable checkpoint was written."""
+
+    exit_code = 130
