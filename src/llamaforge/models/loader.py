@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from llamaforge.errors import ModelError
-from llamaforge.models.gguf_cache import CACHE_FILES, cache_root, cached_gguf_dir, file_sha256
+from llamaforge.models.gguf_cache import (
+    CACHE_FILES,
+    cache_root,
+    cached_gguf_dir,
+    check_gguf_file,
+    file_sha256,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -206,6 +212,8 @@ def _tokenizer_source(resolved: ResolvedModel) -> tuple[Path, str | None]:
     cached = _gguf_cache_if_complete(resolved)
     if cached is not None:
         return cached, None
+    if resolved.gguf_path is not None:
+        check_gguf_file(resolved.gguf_path)
     return resolved.path, resolved.gguf_file
 
 
@@ -310,12 +318,12 @@ def load_model(
     adapter = Path(cfg.adapter).expanduser() if cfg.adapter else resolved.adapter
     if adapter is not None and cfg.adapter and resolved.adapter is not None:
         logger.info("using adapter %s instead of %s (model's own)", adapter, resolved.adapter)
+    dtype = resolve_dtype(cfg.dtype)
+    quantization = to_quantization_config(cfg.quantization_bit)
+    directory = _weights_directory(resolved)  # first: a GGUF's tokenizer comes from its cache
     tokenizer = _load_tokenizer(
         dataclasses.replace(resolved, adapter=adapter), cfg.trust_remote_code
     )
-    dtype = resolve_dtype(cfg.dtype)
-    quantization = to_quantization_config(cfg.quantization_bit)
-    directory = _weights_directory(resolved)
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
