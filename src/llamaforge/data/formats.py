@@ -330,12 +330,8 @@ def _alpaca_conversation(
     return Conversation(tuple(messages), source)
 
 
-def read_csv(
-    rows: Sequence[Row], columns: Mapping[str, str], tags: Tags | None = None
-) -> list[Record]:
-    """CSV/TSV rows: header names are matched case-insensitively."""
-    if not rows:
-        return []
+def _csv_mapping(rows: Sequence[Row], columns: Mapping[str, str]) -> dict[str, str]:
+    """Canonical field → header name; a missing column is a file-level error."""
     header = list(rows[0][0])
     by_lower = {name.lower(): name for name in header}
     mapping: dict[str, str] = {}
@@ -361,10 +357,17 @@ def read_csv(
                     f"{'|'.join(CSV_FIELDS[canonical])}); the file has columns: "
                     f"{', '.join(header)}; set columns: {{prompt: <column>, response: <column>}}"
                 )
-    records: list[Record] = []
-    for row, source in rows:
-        records.append(_alpaca_conversation(row, source, mapping, defaults={}))
-    return records
+    return mapping
+
+
+def read_csv(
+    rows: Sequence[Row], columns: Mapping[str, str], tags: Tags | None = None
+) -> list[Record]:
+    """CSV/TSV rows: header names are matched case-insensitively."""
+    if not rows:
+        return []
+    mapping = _csv_mapping(rows, columns)
+    return [_alpaca_conversation(row, source, mapping, defaults={}) for row, source in rows]
 
 
 def read_chat(
@@ -380,8 +383,15 @@ def read_chat(
         if name is None or name not in row:
             names = [columns["messages"]] if "messages" in columns else DEFAULT_FIELDS["messages"]
             raise _missing(source, "messages", names, row)
-        row_tags = tags or default_tags or (OPENAI_TAGS if name == "messages" else Tags())
-        messages = _parse_turns(row[name], row_tags, source, name)
+        turns = row[name]
+        first = turns[0] if isinstance(turns, list) and turns else None
+        if tags is not None:
+            row_tags = tags
+        elif isinstance(first, dict) and "role" in first and "from" not in first:
+            row_tags = OPENAI_TAGS  # role/content turns, whatever the format was called
+        else:
+            row_tags = default_tags or Tags()
+        messages = _parse_turns(turns, row_tags, source, name)
         system = _get(row, "system", columns, source, required=False)
         messages = _with_system(messages, system)
         check_turns(messages, source, name)
@@ -509,17 +519,18 @@ def detect_format(path: Path, row: Mapping[str, Any], columns: Mapping[str, str]
     )
 
 
-def read_records(
+def read_file(
     path: str | Path,
     format: str | None = None,
     columns: Mapping[str, str] | None = None,
     system_prompt: str | None = None,
     tags: Tags | None = None,
-) -> list[Record]:
-    """All records of one dataset file, in file order.
+    errors: list[str] | None = None,
+) -> tuple[str, list[Record]]:
+    """(format, records) of one dataset file, in file order.
 
-    ``system_prompt`` is added to every conversation (and preference prompt) that has no
-    system message. Raises DataError for the first bad record.
+    Without ``errors`` the first bad record raises DataError; with a list, bad records
+    are skipped and their messages appended (file-level problems still raise).
     """
     path = Path(path)
     columns = dict(columns or {})
@@ -529,10 +540,36 @@ def read_records(
         logger.debug("%s: detected format %s", path, format)
     elif format not in FORMATS:
         raise DataError(f"{path}: unknown format '{format}'; choose one of: {', '.join(FORMATS)}")
-    records = FORMATS[format](rows, columns, tags)
+    reader = FORMATS[format]
+    if errors is None:
+        records = reader(rows, columns, tags)
+    else:
+        if format == "csv":
+            _csv_mapping(rows, columns)  # a missing column is one file-level error
+        records = []
+        for row in rows:
+            try:
+                records += reader([row], columns, tags)
+            except DataError as e:
+                errors.append(str(e))
     if system_prompt:
         records = [_add_system(r, system_prompt) for r in records]
-    return records
+    return format, records
+
+
+def read_records(
+    path: str | Path,
+    format: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    system_prompt: str | None = None,
+    tags: Tags | None = None,
+) -> list[Record]:
+    """All records of one dataset file, in file order (see the module docstring).
+
+    ``system_prompt`` is added to every conversation (and preference prompt) that has no
+    system message. Raises DataError for the first bad record.
+    """
+    return read_file(path, format, columns, system_prompt, tags)[1]
 
 
 def _add_system(record: Record, system: str) -> Record:

@@ -16,12 +16,14 @@ caches the result on disk, keyed by the records, tokenizer, template and setting
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +94,14 @@ def _assemble(
 
 
 def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens added (one batched call)."""
     if not texts:
         return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "split_special_tokens", False):
+        # The Rust tokenizer directly: same ids as tokenizer(texts), about 2x faster
+        # because transformers' per-encoding conversion is skipped.
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     return list(tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
@@ -332,12 +340,40 @@ def tokenize_records(
             f"no example has a trained token within cutoff_len={cfg.cutoff_len}; "
             "raise cutoff_len or shorten the prompts"
         )
-    dataset = datasets.Dataset.from_dict(
-        {name: [e[name] for e in kept] for name in ("input_ids", "attention_mask", "labels")}
-    )
+    dataset = to_dataset(kept)
     if path is not None:
         _save_atomically(dataset, path)
     return dataset
+
+
+def to_dataset(examples: Sequence[Example]) -> Any:
+    """Examples → ``datasets.Dataset`` (int32 columns; built with pyarrow: 2.5x faster
+    than ``Dataset.from_dict``, which infers types value by value)."""
+    import datasets
+    import pyarrow as pa
+
+    column = pa.list_(pa.int32())
+    table = pa.table(
+        {
+            name: pa.array([e[name] for e in examples], type=column)
+            for name in ("input_ids", "attention_mask", "labels")
+        }
+    )
+    return datasets.Dataset(table)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No "Saving the dataset" bar: our own bar already covered tokenizing."""
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
 
 
 def _save_atomically(dataset: Any, path: Path) -> None:
@@ -345,7 +381,9 @@ def _save_atomically(dataset: Any, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        dataset.save_to_disk(str(tmp))
+        with _quiet_datasets():
+            dataset.save_to_disk(str(tmp))
         os.replace(tmp, path)
-    except OSError as e:
+    except OSError as e:  # a read-only home or a concurrent writer: work on uncached
         logger.warning("could not write the tokenization cache %s: %s", path, e)
+        shutil.rmtree(tmp, ignore_errors=True)
