@@ -1,0 +1,70 @@
+"""Fixtures for inference tests: engines on the tiny random Llama and on the real model.
+
+The real SmolLM2-135M engine is session-scoped (loaded once, ~25 s: dequantize + cache) and
+uses a fresh GGUF cache under the session's tmp dir, so the tests never depend on, or write
+to, the user's ~/.cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llamaforge.inference import GenerationEngine
+
+
+@pytest.fixture(scope="session")
+def chatty_llama(smollm2_tokenizer):
+    """Like tiny_llama but with larger random weights: greedy decoding produces varied
+    tokens instead of repeating one, so padding or stopping bugs change the output."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.3,
+        tie_word_embeddings=True,
+        bos_token_id=smollm2_tokenizer.bos_token_id,
+        eos_token_id=smollm2_tokenizer.eos_token_id,
+        pad_token_id=smollm2_tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_engine(chatty_llama, smollm2_tokenizer) -> GenerationEngine:
+    return GenerationEngine(chatty_llama, smollm2_tokenizer)
+
+
+@pytest.fixture
+def tiny_model_dir(tiny_llama, smollm2_tokenizer, tmp_path) -> Path:
+    """tiny_llama + the real tokenizer written as a plain HF model directory."""
+    path = tmp_path / "base"
+    tiny_llama.save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """LLAMAFORGE_CACHE pointing at an empty session cache (kept for the whole session)."""
+    root = tmp_path_factory.mktemp("llamaforge-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLAMAFORGE_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2_cache) -> GenerationEngine:
+    """The bundled model loaded through the GGUF cache (built by this load)."""
+    from llamaforge.config import load_run_config
+
+    return GenerationEngine.from_config(load_run_config(None, (), model="smollm2-135m"))
