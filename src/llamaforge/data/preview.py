@@ -12,6 +12,7 @@ of trained tokens.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,16 +56,20 @@ def _render_example(example: Example, tokenizer: Any, color: bool) -> str:
 
 
 def _percentile(values: Sequence[int], q: float) -> int:
+    """Nearest-rank percentile: the smallest value with at least q of the values <= it."""
     ordered = sorted(values)
-    return ordered[round(q * (len(ordered) - 1))]
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def _stats(full: list[Example], cutoff_len: int, chunked: bool = False) -> list[str]:
     lengths = [len(e["input_ids"]) for e in full]
     total = sum(lengths)
     over = sum(n > cutoff_len for n in lengths)
-    trained = [sum(label != IGNORE_INDEX for label in e["labels"][:cutoff_len]) for e in full]
-    kept_tokens = sum(min(n, cutoff_len) for n in lengths)
+    if chunked:  # raw text is split, not truncated: every token is trained
+        trained, kept_tokens = lengths, total
+    else:
+        trained = [sum(label != IGNORE_INDEX for label in e["labels"][:cutoff_len]) for e in full]
+        kept_tokens = sum(min(n, cutoff_len) for n in lengths)
     empty = sum(t == 0 for t in trained)
     n = len(lengths)
     lines = [
@@ -76,7 +81,7 @@ def _stats(full: list[Example], cutoff_len: int, chunked: bool = False) -> list[
             if chunked
             else "truncated keeping the beginning"
         ),
-        f"trained tokens (after truncation): {sum(trained)} of {kept_tokens} "
+        f"trained tokens{'' if chunked else ' (after truncation)'}: {sum(trained)} of {kept_tokens} "
         f"({100 * sum(trained) / max(kept_tokens, 1):.1f}%)",
     ]
     if empty:
