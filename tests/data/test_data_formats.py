@@ -416,3 +416,104 @@ def test_csv_ragged_row(tmp_path):
 def test_unknown_format_cannot_be_detected(tmp_path):
     msg = error(write(tmp_path / "u.json", [{"foo": "bar"}]))
     assert "cannot tell the format" in msg and "foo" in msg
+
+
+MULTI_FILES = [
+    (
+        "h.json",
+        [{"instruction": "Q2", "output": "A2", "system": "S", "history": [["Q1", "A1"]]}],
+    ),
+    (
+        "s.json",
+        [
+            {
+                "system": "S",
+                "conversations": [
+                    {"from": "human", "value": "Q1"},
+                    {"from": "gpt", "value": "A1"},
+                    {"from": "human", "value": "Q2"},
+                    {"from": "gpt", "value": "A2"},
+                ],
+            }
+        ],
+    ),
+    (
+        "o.jsonl",
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "S"},
+                    {"role": "user", "content": "Q1"},
+                    {"role": "assistant", "content": "A1"},
+                    {"role": "user", "content": "Q2"},
+                    {"role": "assistant", "content": "A2"},
+                ]
+            }
+        )
+        + "\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "content"), MULTI_FILES)
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+def test_every_multi_turn_format_masks_every_answer(
+    tmp_path, smollm2_tokenizer, name, content, train_on_inputs
+):
+    tok = smollm2_tokenizer
+    (record,) = read_records(write(tmp_path / name, content))
+    ex = tokenize_conversation(record, tok, "chatml", 1024, train_on_inputs=train_on_inputs)
+    pieces = [
+        (
+            enc(
+                tok,
+                "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n",
+            ),
+            False,
+        ),
+        ([*enc(tok, "A1"), EOS], True),
+        (enc(tok, "\n<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n"), False),
+        ([*enc(tok, "A2"), EOS], True),
+        (enc(tok, "\n"), False),
+    ]
+    ids = [i for part, _ in pieces for i in part]
+    labels = [i if trained or train_on_inputs else M for part, trained in pieces for i in part]
+    assert ex["input_ids"] == ids and ex["labels"] == labels
+    # The same conversation with a prompt template: "S\n\n" leads the first prompt.
+    ex = tokenize_conversation(record, tok, "alpaca_short", 1024, train_on_inputs=train_on_inputs)
+    pieces = [
+        (enc(tok, "S\n\n### Instruction:\nQ1\n\n### Response:\n"), False),
+        ([*enc(tok, "A1"), EOS], True),
+        (enc(tok, "\n\n### Instruction:\nQ2\n\n### Response:\n"), False),
+        ([*enc(tok, "A2"), EOS], True),
+    ]
+    ids = [i for part, _ in pieces for i in part]
+    labels = [i if trained or train_on_inputs else M for part, trained in pieces for i in part]
+    assert ex["input_ids"] == ids and ex["labels"] == labels
+
+
+def test_text_file_tokens(tmp_path, smollm2_tokenizer):
+    from llamaforge.data import tokenize_text
+
+    tok = smollm2_tokenizer
+    (doc,) = read_records(write(tmp_path / "t.txt", "Hello world.\nSecond line.\n"))
+    (chunk,) = tokenize_text(doc, tok, cutoff_len=1024)
+    ids = [*enc(tok, "Hello world.\nSecond line."), EOS]
+    assert chunk == {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids}
+
+
+def test_preference_file_renders_for_dpo(tmp_path, smollm2_tokenizer):
+    from llamaforge.data import render_preference
+
+    path = write(tmp_path / "p.jsonl", '{"prompt": "2+2?", "chosen": "4", "rejected": "5"}\n')
+    (pair,) = read_records(path)
+    assert render_preference(pair, smollm2_tokenizer, "chatml") == {
+        "prompt": "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n",
+        "chosen": "4<|im_end|>",
+        "rejected": "5<|im_end|>",
+    }
+    assert render_preference(pair, smollm2_tokenizer, "alpaca_short") == {
+        "prompt": "### Instruction:\n2+2?\n\n### Response:\n",
+        "chosen": "4<|im_end|>",
+        "rejected": "5<|im_end|>",
+    }

@@ -367,3 +367,84 @@ def test_tokenize_text_chunks_and_trains_every_token(tok):
     assert [len(c["input_ids"]) for c in chunks][:-1] == [3] * (len(chunks) - 1)
     assert all(c["labels"] == c["input_ids"] for c in chunks)
     assert tokenize_text(TextDocument(text), tok, 1024, add_eos_token=False)[0]["input_ids"] == ids
+
+
+# ---------------------------------------------------------------------------- template registry
+
+
+def test_template_registry_and_user_templates(tok, tmp_path):
+    from llamaforge.data import TEMPLATES, PromptTemplate
+
+    assert set(TEMPLATES) >= {"chat", "chatml", "llama2", "llama3", *PROMPTS}
+    with pytest.raises(ConfigError, match=r"unknown template 'alpacca'; choose one of: .*alpaca"):
+        get_template("alpacca")
+    (tmp_path / "qa.json").write_text(
+        '{"description": "Q/A", "prompt_input": "Q: {instruction}\\nC: {input}\\nA:",'
+        ' "prompt_no_input": "Q: {instruction}\\nA:", "response_split": "A:"}',
+        encoding="utf-8",
+    )
+    tpl = get_template("qa", tmp_path)
+    assert isinstance(tpl, PromptTemplate)
+    assert tpl.format_prompt("Why?", output=" Because.") == "Q: Why?\nA: Because."
+    assert tpl.format_prompt("Why?", "ctx") == "Q: Why?\nC: ctx\nA:"
+    assert tpl.get_response("Q: Why?\nA: Because. ") == "Because."
+    ex = tokenize_conversation(SINGLE, tok, "qa", 1024, templates_dir=tmp_path)
+    prompt = enc(tok, "Q: Name the capital of France.\nA:")
+    assert ex["labels"] == [M] * len(prompt) + enc(tok, "Paris.") + [EOS]
+    with pytest.raises(ConfigError, match="unknown template 'qa'"):
+        get_template("qa")  # not without its templates_dir
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            '{"prompt_input": "{instruction}", "prompt_no_input": "{instruction}", "response_split": "x"}',
+            r"key 'prompt_input' has placeholders \['instruction'\], expected \['input', 'instruction'\]",
+        ),
+        (
+            '{"prompt_input": "{instruction}{input}", "prompt_no_input": "{instruction}"}',
+            "key 'response_split' must be a non-empty string",
+        ),
+        ('{"prompt_input": ', "invalid JSON"),
+    ],
+)
+def test_bad_user_prompt_template(tmp_path, body, message):
+    (tmp_path / "bad.json").write_text(body, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message) as info:
+        get_template("bad", tmp_path)
+    assert str(tmp_path / "bad.json") in str(info.value)
+
+
+def test_get_response_and_stop_strings(tok):
+    from llamaforge.data import stop_strings_for
+
+    alpaca = get_template("alpaca")
+    assert (
+        alpaca.get_response(f"{PREAMBLE}### Instruction:\nQ\n\n### Response:\n  Paris. \n")
+        == "Paris."
+    )
+    assert alpaca.get_response("no marker") == ""
+    assert get_template("vigogne").get_response("### Réponse:\nOui") == "Oui"
+    assert stop_strings_for("alpaca", tok) == ["### Instruction:", "<|im_end|>"]
+    assert stop_strings_for("chat", tok) == ["<|im_end|>"]
+    assert stop_strings_for("llama3", tok) == ["<|eot_id|>", "<|im_end|>"]
+
+
+def test_chat_template_refusals(tok, tmp_path):
+    from llamaforge.errors import DataError
+
+    (tmp_path / "strict.jinja").write_text(
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('no system messages') }}{% endif %}"
+        "{{ m['role'] + ': ' + m['content'] + '<|im_end|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}",
+        encoding="utf-8",
+    )
+    with pytest.raises(
+        DataError, match=r"^t: the chat template refused this conversation \(.*no system messages"
+    ):
+        tokenize_conversation(MULTI, tok, "strict", 1024, templates_dir=tmp_path)
+    (tmp_path / "broken.jinja").write_text("{% for m in messages %}", encoding="utf-8")
+    with pytest.raises(ConfigError, match="Jinja syntax error"):
+        tokenize_conversation(SINGLE, tok, "broken", 1024, templates_dir=tmp_path)

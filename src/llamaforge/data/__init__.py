@@ -14,8 +14,11 @@ from llamaforge.data.formats import (
     Record,
     TextDocument,
     detect_format,
+    read_file,
     read_records,
 )
+from llamaforge.data.preview import preview_dataset
+from llamaforge.data.registry import load_dataset_records, resolve_dataset, split_validation
 from llamaforge.data.templates import (
     TEMPLATES,
     ChatTemplate,
@@ -52,10 +55,15 @@ __all__ = [
     "detect_format",
     "encode_prompt",
     "get_template",
+    "load_dataset_records",
+    "preview_dataset",
+    "read_file",
     "read_records",
     "render_preference",
     "render_prompt",
     "render_segments",
+    "resolve_dataset",
+    "split_validation",
     "stop_strings_for",
     "tokenize_conversation",
     "tokenize_records",

@@ -32,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from llamaforge.data.formats import Message
 from llamaforge.errors import ConfigError, DataError
 
@@ -252,13 +254,22 @@ def _as_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.text} for m in messages]
 
 
-def _render(tokenizer: Any, jinja: str, messages: list[dict[str, str]], generation: bool) -> str:
+def _render(
+    tokenizer: Any, jinja: str, messages: list[dict[str, str]], generation: bool, source: str = ""
+) -> str:
     try:
         text = tokenizer.apply_chat_template(
             messages, chat_template=jinja, tokenize=False, add_generation_prompt=generation
         )
-    except Exception as e:  # jinja raise_exception / TemplateError: a template-level refusal
-        raise DataError(f"chat template refused the conversation: {e}") from None
+    except jinja2.TemplateSyntaxError as e:
+        raise ConfigError(
+            f"chat template: Jinja syntax error at line {e.lineno} ({e.message}); fix the template"
+        ) from None
+    except (jinja2.TemplateError, ValueError) as e:  # raise_exception() in the template
+        raise DataError(
+            f"{source or 'messages'}: the chat template refused this conversation ({e}); "
+            "fix the record or choose another template"
+        ) from None
     return str(text)
 
 
@@ -289,13 +300,13 @@ def _chat_segments(
     segments: list[Segment] = []
     done = ""  # the rendered text already covered by segments
     for i in range(offset + 1, len(messages) + 1, 2):
-        prompt = _render(tokenizer, jinja, dicts[:i], True)
+        prompt = _render(tokenizer, jinja, dicts[:i], True, source)
         if not prompt.startswith(done):
             raise _unstable(template, source, i)
         segments.append(Segment(prompt[len(done) :], False))
         if i == len(messages):
             break
-        full = _render(tokenizer, jinja, dicts[: i + 1], False)
+        full = _render(tokenizer, jinja, dicts[: i + 1], False, source)
         if not full.startswith(prompt):
             raise _unstable(template, source, i)
         answer = full[len(prompt) :]
