@@ -1,7 +1,7 @@
 """Raw dataset rows → one canonical type per kind of data.
 
 Contract: every reader turns the rows of one file (see :mod:`llamaforge.data.files`)
-into :class:`Conversation` (SFT: optional system, then user/assistant turns that
+into the types of :mod:`llamaforge.data.records` (re-exported here): :class:`Conversation` (SFT: optional system, then user/assistant turns that
 alternate and end with the assistant), :class:`Preference` (a prompt plus a chosen and
 a rejected answer) or :class:`TextDocument` (pretraining text). Formats:
 
@@ -25,266 +25,52 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from llamaforge.data.fields import (
+    CSV_FIELDS,
+    DEFAULT_FIELDS,
+    OPENAI_TAGS,
+    Tags,
+    as_string,
+    check_turns,
+    field_name,
+    get_string,
+    missing_field,
+    parse_turns,
+    turn_content,
+    with_system,
+)
 from llamaforge.data.files import CSV_SUFFIXES, TEXT_SUFFIXES, Row, json_kind, read_rows
+from llamaforge.data.records import (
+    ROLES,
+    Conversation,
+    Message,
+    Preference,
+    Record,
+    TextDocument,
+)
 from llamaforge.errors import DataError
 
+# The canonical types live in records.py; they are re-exported here, where readers make them.
+__all__ = [
+    "FORMATS",
+    "ROLES",
+    "Conversation",
+    "Message",
+    "Preference",
+    "Record",
+    "Tags",
+    "TextDocument",
+    "check_turns",
+    "detect_format",
+    "read_file",
+    "read_records",
+]
+
 logger = logging.getLogger(__name__)
-
-ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str
-    """``system`` | ``user`` | ``assistant``."""
-    content: str
-    input: str = ""
-    """Alpaca ``input`` (context) of a user turn; prompt templates render it in their
-    input slot, chat templates see :attr:`text`."""
-
-    @property
-    def text(self) -> str:
-        """The message as one string: content, a blank line, then the input (if any)."""
-        return f"{self.content}\n\n{self.input}" if self.input else self.content
-
-
-@dataclass(frozen=True)
-class Conversation:
-    messages: tuple[Message, ...]
-    source: str = ""
-    """Where the record came from, e.g. ``data.json: record 12 (line 57)``."""
-
-
-@dataclass(frozen=True)
-class Preference:
-    prompt: tuple[Message, ...]
-    chosen: str
-    rejected: str
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class TextDocument:
-    text: str
-    source: str = ""
-
-
-Record = Conversation | Preference | TextDocument
-
-
-@dataclass(frozen=True)
-class Tags:
-    """Keys and role names of ShareGPT-style turn objects (LLaMA-Factory ``tags``)."""
-
-    role: str = "from"
-    content: str = "value"
-    user: frozenset[str] = field(default_factory=lambda: frozenset({"human", "user"}))
-    assistant: frozenset[str] = field(
-        default_factory=lambda: frozenset({"gpt", "assistant", "chatgpt", "bard", "bing", "model"})
-    )
-    system: frozenset[str] = field(default_factory=lambda: frozenset({"system"}))
-
-    @classmethod
-    def from_llama_factory(cls, tags: Mapping[str, str], base: Tags | None = None) -> Tags:
-        """``{role_tag, content_tag, user_tag, assistant_tag, system_tag}`` → Tags."""
-        base = base or cls()
-        return cls(
-            role=tags.get("role_tag", base.role),
-            content=tags.get("content_tag", base.content),
-            user=frozenset({tags["user_tag"]}) if "user_tag" in tags else base.user,
-            assistant=(
-                frozenset({tags["assistant_tag"]}) if "assistant_tag" in tags else base.assistant
-            ),
-            system=frozenset({tags["system_tag"]}) if "system_tag" in tags else base.system,
-        )
-
-    def canonical_role(self, name: object, source: str, where: str) -> str:
-        if isinstance(name, str):
-            for role, names in (
-                ("user", self.user),
-                ("assistant", self.assistant),
-                ("system", self.system),
-            ):
-                if name in names:
-                    return role
-        known = sorted(self.user | self.assistant | self.system)
-        raise DataError(
-            f"{source}: {where} has unknown role {name!r} in '{self.role}'; "
-            f"use one of: {', '.join(known)}"
-        )
-
-
-OPENAI_TAGS = Tags(
-    role="role",
-    content="content",
-    user=frozenset({"user"}),
-    assistant=frozenset({"assistant"}),
-    system=frozenset({"system", "developer"}),
-)
-
-# Field names tried in order when `columns` does not name one (first present wins).
-DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
-    "prompt": ("instruction", "prompt", "question"),
-    "query": ("input", "query", "context"),
-    "response": ("output", "response", "answer", "completion"),
-    "history": ("history",),
-    "system": ("system",),
-    "messages": ("conversations", "messages"),
-    "chosen": ("chosen",),
-    "rejected": ("rejected",),
-    "text": ("text", "content"),
-}
-CSV_FIELDS: dict[str, tuple[str, ...]] = {
-    "prompt": ("question", "instruction", "prompt"),
-    "query": ("input", "context"),
-    "response": ("answer", "output", "response"),
-    "system": ("system",),
-}
-
-
-# ---------------------------------------------------------------------------- fields
-
-
-def _field_name(
-    row: Mapping[str, Any],
-    canonical: str,
-    columns: Mapping[str, str],
-    defaults: Mapping[str, tuple[str, ...]] = DEFAULT_FIELDS,
-) -> str | None:
-    """The key of ``row`` that holds ``canonical``: the mapped one, else the first default."""
-    if canonical in columns:
-        return columns[canonical]
-    for name in defaults.get(canonical, ()):
-        if name in row:
-            return name
-    return None
-
-
-def _missing(
-    source: str, canonical: str, names: Sequence[str], row: Mapping[str, Any]
-) -> DataError:
-    tried = " or ".join(f"'{n}'" for n in names) or f"'{canonical}'"
-    has = ", ".join(map(str, row)) or "none"
-    return DataError(
-        f"{source}: missing field {tried} (fields present: {has}); add it or map it with "
-        f"columns: {{{canonical}: <field>}}"
-    )
-
-
-def _string(value: object, source: str, name: str, *, allow_empty: bool = True) -> str:
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        raise DataError(
-            f"{source}: field '{name}' must be a string, got {json_kind(value)} ({shown}); "
-            "write it as a JSON string in quotes"
-        )
-    if not allow_empty and not value.strip():
-        raise DataError(f"{source}: field '{name}' is empty; give it text or drop the record")
-    return value
-
-
-def _get(
-    row: Mapping[str, Any],
-    canonical: str,
-    columns: Mapping[str, str],
-    source: str,
-    *,
-    required: bool,
-    allow_empty: bool = True,
-    defaults: Mapping[str, tuple[str, ...]] = DEFAULT_FIELDS,
-) -> str:
-    name = _field_name(row, canonical, columns, defaults)
-    if name is None or name not in row:
-        if required:
-            names = [columns[canonical]] if canonical in columns else defaults.get(canonical, ())
-            raise _missing(source, canonical, names, row)
-        return ""
-    return _string(row[name], source, name, allow_empty=allow_empty)
-
-
-# ---------------------------------------------------------------------------- chat turns
-
-
-def _content(turn: Mapping[str, Any], key: str, source: str, where: str) -> str:
-    if key not in turn:
-        raise DataError(
-            f"{source}: {where} has no '{key}' field (fields: {', '.join(map(str, turn))}); "
-            f"add it or set the content tag"
-        )
-    value = turn[key]
-    # OpenAI content may be a list of parts: [{"type": "text", "text": ...}, ...]
-    if isinstance(value, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        for p in value
-    ):
-        return "".join(p["text"] for p in value)
-    return _string(value, source, f"{where}.{key}")
-
-
-def _parse_turns(turns: object, tags: Tags, source: str, name: str) -> list[Message]:
-    if not isinstance(turns, list):
-        raise DataError(
-            f"{source}: field '{name}' must be a list of turn objects, got {json_kind(turns)}; "
-            f'write it as [{{"{tags.role}": ..., "{tags.content}": ...}}, ...]'
-        )
-    messages = []
-    for i, turn in enumerate(turns):
-        where = f"{name}[{i}]"
-        if not isinstance(turn, dict):
-            raise DataError(
-                f"{source}: {where} must be an object with '{tags.role}' and '{tags.content}', "
-                f"got {json_kind(turn)}"
-            )
-        if tags.role not in turn:
-            raise DataError(
-                f"{source}: {where} has no '{tags.role}' field (fields: {', '.join(map(str, turn))}); "
-                "add the role or set the role tag"
-            )
-        role = tags.canonical_role(turn[tags.role], source, where)
-        messages.append(Message(role, _content(turn, tags.content, source, where)))
-    return messages
-
-
-def check_turns(
-    messages: Sequence[Message], source: str, name: str, *, end_with: str = "assistant"
-) -> None:
-    """System messages only first; then user/assistant alternate, starting with the user."""
-    body = [m for m in messages if m.role != "system"]
-    for i, m in enumerate(messages):
-        if m.role == "system" and i > 0:
-            raise DataError(
-                f"{source}: {name}[{i}] is a system message after the first turn; "
-                "move it to the start or make it a user turn"
-            )
-    if not body:
-        raise DataError(f"{source}: field '{name}' has no user/assistant turns; add some")
-    offset = len(messages) - len(body)
-    for i, m in enumerate(body):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if m.role != expected:
-            raise DataError(
-                f"{source}: {name}[{i + offset}] is from the {m.role} but the {expected} was "
-                "expected; turns must alternate user/assistant, starting with the user"
-            )
-    if body[-1].role != end_with:
-        raise DataError(
-            f"{source}: the last turn of '{name}' is from the {body[-1].role}; "
-            f"it must be from the {end_with} (drop the trailing turn or add the {end_with}'s)"
-        )
-
-
-def _with_system(messages: list[Message], system: str) -> list[Message]:
-    if system and not (messages and messages[0].role == "system"):
-        return [Message("system", system), *messages]
-    return messages
-
 
 # ---------------------------------------------------------------------------- readers
 
@@ -301,15 +87,15 @@ def _alpaca_conversation(
     columns: Mapping[str, str],
     defaults: Mapping[str, tuple[str, ...]] = DEFAULT_FIELDS,
 ) -> Conversation:
-    instruction = _get(row, "prompt", columns, source, required=True, defaults=defaults)
-    query = _get(row, "query", columns, source, required=False, defaults=defaults)
+    instruction = get_string(row, "prompt", columns, source, required=True, defaults=defaults)
+    query = get_string(row, "query", columns, source, required=False, defaults=defaults)
     if not instruction.strip() and not query.strip():
-        name = _field_name(row, "prompt", columns, defaults)
+        name = field_name(row, "prompt", columns, defaults)
         raise DataError(f"{source}: field '{name}' is empty; give it text or drop the record")
-    output = _get(row, "response", columns, source, required=True, defaults=defaults)
-    system = _get(row, "system", columns, source, required=False, defaults=defaults)
-    messages = _with_system([], system)
-    history_key = _field_name(row, "history", columns, defaults)
+    output = get_string(row, "response", columns, source, required=True, defaults=defaults)
+    system = get_string(row, "system", columns, source, required=False, defaults=defaults)
+    messages = with_system([], system)
+    history_key = field_name(row, "history", columns, defaults)
     history = row.get(history_key) if history_key else None
     if history is not None:
         if not isinstance(history, list):
@@ -323,8 +109,8 @@ def _alpaca_conversation(
                     f"{source}: {history_key}[{i}] must be a [question, answer] pair, "
                     f"got {json_kind(pair)}"
                 )
-            q = _string(pair[0], source, f"{history_key}[{i}][0]")
-            a = _string(pair[1], source, f"{history_key}[{i}][1]")
+            q = as_string(pair[0], source, f"{history_key}[{i}][0]")
+            a = as_string(pair[1], source, f"{history_key}[{i}][1]")
             messages += [Message("user", q), Message("assistant", a)]
     messages += [Message("user", instruction, query), Message("assistant", output)]
     return Conversation(tuple(messages), source)
@@ -379,10 +165,10 @@ def read_chat(
 ) -> list[Record]:
     records: list[Record] = []
     for row, source in rows:
-        name = _field_name(row, "messages", columns)
+        name = field_name(row, "messages", columns)
         if name is None or name not in row:
             names = [columns["messages"]] if "messages" in columns else DEFAULT_FIELDS["messages"]
-            raise _missing(source, "messages", names, row)
+            raise missing_field(source, "messages", names, row)
         turns = row[name]
         first = turns[0] if isinstance(turns, list) and turns else None
         if tags is not None:
@@ -391,9 +177,9 @@ def read_chat(
             row_tags = OPENAI_TAGS  # role/content turns, whatever the format was called
         else:
             row_tags = default_tags or Tags()
-        messages = _parse_turns(turns, row_tags, source, name)
-        system = _get(row, "system", columns, source, required=False)
-        messages = _with_system(messages, system)
+        messages = parse_turns(turns, row_tags, source, name)
+        system = get_string(row, "system", columns, source, required=False)
+        messages = with_system(messages, system)
         check_turns(messages, source, name)
         records.append(Conversation(tuple(messages), source))
     return records
@@ -419,7 +205,9 @@ def read_text_documents(
     if not mapping and "prompt" in columns:
         mapping = {"text": columns["prompt"]}
     return [
-        TextDocument(_get(row, "text", mapping, source, required=True, allow_empty=False), source)
+        TextDocument(
+            get_string(row, "text", mapping, source, required=True, allow_empty=False), source
+        )
         for row, source in rows
     ]
 
@@ -427,12 +215,14 @@ def read_text_documents(
 def _answer(value: object, source: str, name: str, tags: Tags) -> str:
     """A chosen/rejected answer: a string, a turn object, or a list of turns (last one)."""
     if isinstance(value, dict):
-        return _content(value, tags.content if tags.content in value else "content", source, name)
+        return turn_content(
+            value, tags.content if tags.content in value else "content", source, name
+        )
     if isinstance(value, list) and value and isinstance(value[-1], dict):
         turn = value[-1]
         key = tags.content if tags.content in turn else "content"
-        return _content(turn, key, source, f"{name}[{len(value) - 1}]")
-    return _string(value, source, name)
+        return turn_content(turn, key, source, f"{name}[{len(value) - 1}]")
+    return as_string(value, source, name)
 
 
 def read_preference(
@@ -440,33 +230,35 @@ def read_preference(
 ) -> list[Record]:
     records: list[Record] = []
     for row, source in rows:
-        messages_key = _field_name(row, "messages", columns)
+        messages_key = field_name(row, "messages", columns)
         if messages_key is not None and messages_key in row:
             turns = row[messages_key]
             row_tags = tags or (OPENAI_TAGS if messages_key == "messages" else Tags())
-            prompt = _parse_turns(turns, row_tags, source, messages_key)
+            prompt = parse_turns(turns, row_tags, source, messages_key)
         else:
-            prompt_key = _field_name(row, "prompt", columns)
+            prompt_key = field_name(row, "prompt", columns)
             if prompt_key is None or prompt_key not in row:
-                raise _missing(source, "prompt", ("prompt", "instruction", "conversations"), row)
+                raise missing_field(
+                    source, "prompt", ("prompt", "instruction", "conversations"), row
+                )
             value = row[prompt_key]
             if isinstance(value, list):  # TRL conversational form
                 row_tags = tags or OPENAI_TAGS
-                prompt = _parse_turns(value, row_tags, source, prompt_key)
+                prompt = parse_turns(value, row_tags, source, prompt_key)
             else:
-                query = _get(row, "query", columns, source, required=False)
+                query = get_string(row, "query", columns, source, required=False)
                 prompt = [
-                    Message("user", _string(value, source, prompt_key, allow_empty=False), query)
+                    Message("user", as_string(value, source, prompt_key, allow_empty=False), query)
                 ]
             row_tags = tags or OPENAI_TAGS
         answers = []
         for canonical in ("chosen", "rejected"):
-            key = _field_name(row, canonical, columns)
+            key = field_name(row, canonical, columns)
             if key is None or key not in row:
-                raise _missing(source, canonical, [columns.get(canonical, canonical)], row)
+                raise missing_field(source, canonical, [columns.get(canonical, canonical)], row)
             answers.append(_answer(row[key], source, key, row_tags))
-        system = _get(row, "system", columns, source, required=False)
-        prompt = _with_system(prompt, system)
+        system = get_string(row, "system", columns, source, required=False)
+        prompt = with_system(prompt, system)
         check_turns(prompt, source, messages_key or "prompt", end_with="user")
         records.append(Preference(tuple(prompt), answers[0], answers[1], source))
     return records
@@ -496,13 +288,13 @@ def detect_format(path: Path, row: Mapping[str, Any], columns: Mapping[str, str]
         return "text"
 
     def has(canonical: str) -> bool:
-        name = _field_name(row, canonical, columns)
+        name = field_name(row, canonical, columns)
         return name is not None and name in row
 
     if has("chosen") and has("rejected"):
         return "preference"
     if has("messages"):
-        name = _field_name(row, "messages", columns)
+        name = field_name(row, "messages", columns)
         turns = row.get(name or "")
         first = turns[0] if isinstance(turns, list) and turns else {}
         if isinstance(first, dict) and "role" in first:
@@ -574,7 +366,7 @@ def read_records(
 
 def _add_system(record: Record, system: str) -> Record:
     if isinstance(record, Conversation):
-        return replace(record, messages=tuple(_with_system(list(record.messages), system)))
+        return replace(record, messages=tuple(with_system(list(record.messages), system)))
     if isinstance(record, Preference):
-        return replace(record, prompt=tuple(_with_system(list(record.prompt), system)))
+        return replace(record, prompt=tuple(with_system(list(record.prompt), system)))
     return record
