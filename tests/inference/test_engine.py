@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -126,6 +127,22 @@ def test_closing_a_stream_stops_generation(tiny_engine):
         assert first
         assert not stream._thread.is_alive()
         assert len(calls) < 20, f"{len(calls)} forward passes after close"
+    finally:
+        hook.remove()
+
+
+def test_dropping_a_stream_stops_generation(tiny_engine):
+    calls = []
+    hook = tiny_engine.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        stream = tiny_engine.stream("Hi", GenerationConfig(temperature=0, max_new_tokens=400))
+        next(stream)
+        thread = stream._thread
+        del stream  # e.g. an API client disconnected and the handler was collected
+        gc.collect()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert len(calls) < 20, f"{len(calls)} forward passes after the stream was dropped"
     finally:
         hook.remove()
 

@@ -191,23 +191,15 @@ class TokenStream(Iterator[str]):
         self._cancel = threading.Event()
         self._queue: queue.Queue[Any] = queue.Queue()
         self.result: GenerationResult | None = None
+        # The thread must not reference self: then dropping the last reference to an
+        # unfinished stream runs __del__, which cancels the generation.
         self._thread = threading.Thread(
-            target=self._run, args=(input_ids,), name="llamaforge-generate", daemon=True
+            target=_generate_into_queue,
+            args=(engine, input_ids, gen, self._stops, self._cancel, self._queue),
+            name="llamaforge-generate",
+            daemon=True,
         )
         self._thread.start()
-
-    def _run(self, input_ids: list[int]) -> None:
-        try:
-            self._engine._generate_ids(
-                [input_ids],
-                self._gen,
-                self._stops,
-                cancel=self._cancel,
-                streamer=_QueueStreamer(self._queue),
-            )
-        except Exception as e:  # handed to the consumer thread, which re-raises it
-            self._queue.put(e)
-            self._queue.put(None)
 
     def __iter__(self) -> TokenStream:
         return self
@@ -262,6 +254,21 @@ class TokenStream(Iterator[str]):
 
     def __del__(self) -> None:
         self._cancel.set()
+
+
+def _generate_into_queue(
+    engine: GenerationEngine,
+    input_ids: list[int],
+    gen: GenerationConfig,
+    stops: tuple[str, ...],
+    cancel: threading.Event,
+    out: queue.Queue[Any],
+) -> None:
+    try:
+        engine._generate_ids([input_ids], gen, stops, cancel=cancel, streamer=_QueueStreamer(out))
+    except Exception as e:  # handed to the consumer thread, which re-raises it
+        out.put(e)
+        out.put(None)
 
 
 def _held_back(text: str, stop: Sequence[str]) -> int:
