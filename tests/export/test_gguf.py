@@ -1,0 +1,263 @@
+"""GGUF writer on a tiny random Llama: round trips through transformers' GGUF loader,
+metadata, tokenizer, Modelfile, run directories, refusals and atomic writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llamaforge.errors import ExportError
+from llamaforge.export.gguf import export_gguf, permute_rotary
+
+IDS = [[1, 504, 3458, 282, 4649, 314, 2, 17, 30, 49151], [28, 15, 9000, 40000, 12, 7, 7, 7]]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smollm2_tokenizer):
+    """conftest's tiny_llama (GQA, tied) at hidden 64, shared by the whole module."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        bos_token_id=smollm2_tokenizer.bos_token_id,
+        eos_token_id=smollm2_tokenizer.eos_token_id,
+        pad_token_id=smollm2_tokenizer.pad_token_id,
+    )
+    path = tmp_path_factory.mktemp("gguf") / "tiny"
+    LlamaForCausalLM(config).save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_dir, tmp_path_factory):
+    """type → (report, path); each type exported once per module."""
+    cache = {}
+
+    def get(type_name: str):
+        if type_name not in cache:
+            out = tmp_path_factory.mktemp(type_name) / "tiny.gguf"
+            cache[type_name] = (export_gguf(tiny_dir, out, type=type_name), out)
+        return cache[type_name]
+
+    return get
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([row])).logits[0] for row in ids]
+
+
+def _gguf_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
+
+
+def _source_model(directory):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+
+def _compare(source, target):
+    diff = max(float((a - b).abs().max()) for a, b in zip(source, target, strict=True))
+    same = sum(
+        int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(source, target, strict=True)
+    )
+    return diff, same / sum(a.shape[0] for a in source)
+
+
+def test_permutation_is_what_transformers_undoes():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    weight = torch.randn(48, 16)
+    for n_head, n_kv in ((6, 6), (6, 2)):
+        rows = weight[: 48 if n_kv == n_head else 16]
+        undone = LlamaTensorProcessor(
+            {"num_attention_heads": n_head, "num_key_value_heads": n_kv}
+        )._reverse_permute_weights(permute_rotary(rows, n_kv).numpy(), n_head, n_kv)
+        assert np.array_equal(undone, rows.numpy())
+    assert not torch.equal(permute_rotary(weight, 6), weight)
+
+
+def test_f32_round_trip_is_exact(exported, tiny_dir):
+    report, path = exported("f32")
+    assert report.max_abs_logit_diff < 1e-4 and report.top1_agreement == 1.0
+    diff, top1 = _compare(_logits(_source_model(tiny_dir)), _logits(_gguf_model(path)))
+    assert diff < 1e-4 and top1 == 1.0
+    assert report.tensor_types == {"f32": 2 * 9 + 2}  # 9 per block + token_embd + output_norm
+
+
+def test_f16_round_trip(exported):
+    # the report's numbers come from reloading the file with transformers' GGUF loader
+    report, _ = exported("f16")
+    assert report.max_abs_logit_diff < 0.1 and report.top1_agreement == 1.0
+    assert report.positions_checked >= 100
+    assert report.tensor_types == {"f16": 15, "f32": 5}  # norms stay f32
+    assert report.size_bytes < exported("f32")[0].size_bytes * 0.6
+
+
+def test_q8_0_round_trip(exported):
+    report, _ = exported("q8_0")
+    assert report.top1_agreement >= 0.95 and report.max_abs_logit_diff < 0.1
+    assert report.tensor_types == {"q8_0": 15, "f32": 5}
+    assert report.size_bytes < exported("f16")[0].size_bytes * 0.75
+
+
+@pytest.mark.slow
+def test_q4_0_keeps_embeddings_at_q8_0(exported):
+    import gguf
+
+    report, path = exported("q4_0")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert types["token_embd.weight"] == "Q8_0"
+    assert types["blk.0.attn_q.weight"] == "Q4_0" and types["blk.1.ffn_norm.weight"] == "F32"
+    assert report.top1_agreement >= 0.7
+
+
+def test_metadata(exported, smollm2_tokenizer):
+    import gguf
+
+    _, path = exported("f32")
+    reader = gguf.GGUFReader(str(path))
+
+    def value(key):
+        return reader.fields[key].contents()
+
+    assert value("general.architecture") == "llama"
+    assert value("llama.context_length") == 512
+    assert value("llama.embedding_length") == 64
+    assert value("llama.block_count") == 2
+    assert value("llama.feed_forward_length") == 128
+    assert value("llama.attention.head_count") == 4
+    assert value("llama.attention.head_count_kv") == 2
+    assert value("llama.rope.dimension_count") == 16
+    assert value("llama.rope.freq_base") == 10000.0
+    assert value("llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
+    assert value("llama.vocab_size") == 49152
+    assert value("general.file_type") == 0
+    assert value("tokenizer.ggml.model") == "gpt2"
+    assert value("tokenizer.ggml.pre") == "gpt-2"
+    tokens = value("tokenizer.ggml.tokens")
+    assert len(tokens) == 49152 and tokens[:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    assert tokens[28120] == "hello"
+    types = value("tokenizer.ggml.token_type")
+    assert types[:17] == [3] * 17 and types[17] == 1  # control, then normal
+    assert len(value("tokenizer.ggml.merges")) == 48900
+    assert value("tokenizer.ggml.merges")[0] == "Ġ t"
+    assert (value("tokenizer.ggml.bos_token_id"), value("tokenizer.ggml.eos_token_id")) == (1, 2)
+    assert value("tokenizer.ggml.add_bos_token") is False
+    assert value("tokenizer.chat_template") == smollm2_tokenizer.chat_template
+    names = {t.name for t in reader.tensors}
+    assert "output.weight" not in names and "token_embd.weight" in names  # tied
+
+
+TEXTS = [
+    "Hello world! The year 2024 had 366 days.",
+    "春天来了，花儿开了。用中文回答：什么是机器学习？",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "def f(x):\n\treturn x ** 2  # 平方",
+]
+
+
+def test_tokenizer_round_trip(exported, smollm2_tokenizer):
+    from transformers import AutoTokenizer
+
+    report, path = exported("f32")
+    assert report.tokenizer_match is True
+    reread = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    for text in TEXTS:
+        assert reread(text)["input_ids"] == smollm2_tokenizer(text)["input_ids"], text
+    assert smollm2_tokenizer(TEXTS[2])["input_ids"][0] == 1  # <|im_start|> stays one token
+    assert reread.chat_template == smollm2_tokenizer.chat_template
+
+
+def test_modelfile(exported):
+    report, path = exported("f16")
+    assert report.modelfile == path.parent / "Modelfile"
+    assert report.modelfile.read_text() == (
+        "FROM ./tiny.gguf\n"
+        'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n'
+        "{{ .Content }}<|im_end|>\n"
+        '{{ end }}<|im_start|>assistant\n"""\n'
+        'PARAMETER stop "<|im_end|>"\n'
+        'PARAMETER stop "<|im_start|>"\n'
+        'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""\n'
+    )
+
+
+@pytest.mark.slow
+def test_run_directory_with_untied_lora_is_merged(tiny_dir, make_adapter, tmp_path):
+    import gguf
+    from peft import PeftModel
+
+    run = make_adapter(tiny_dir, name="run", target_modules=["q_proj", "k_proj", "lm_head"])
+    (run / "config.yaml").write_text(f"model:\n  model: {tiny_dir}\n")
+    out = tmp_path / "out" / "run.gguf"
+    report = export_gguf(run, out, type="f32")
+    assert report.merged_adapter == run
+    names = {t.name for t in gguf.GGUFReader(str(out)).tensors}
+    assert "output.weight" in names  # lm_head got its own delta: no longer tied
+    expected = _logits(PeftModel.from_pretrained(_source_model(tiny_dir), run).eval())
+    diff, top1 = _compare(expected, _logits(_gguf_model(out)))
+    assert diff < 1e-4 and top1 == 1.0
+    base_diff, _ = _compare(_logits(_source_model(tiny_dir)), _logits(_gguf_model(out)))
+    assert base_diff > 1e-2  # the adapter is really in the file
+
+
+def test_bad_requests(tiny_dir, tmp_path):
+    with pytest.raises(ExportError, match="unknown GGUF type 'q3_k'; choose one of: f32, f16"):
+        export_gguf(tiny_dir, tmp_path / "x.gguf", type="q3_k")
+    with pytest.raises(ExportError, match=r"must end in \.gguf"):
+        export_gguf(tiny_dir, tmp_path / "x.bin")
+    (tmp_path / "there.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ExportError, match="already exists"):
+        export_gguf(tiny_dir, tmp_path / "there.gguf")
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"\x00\x01\x02\x03 not a gguf at all")
+    with pytest.raises(ExportError, match=r"fake\.gguf: not a GGUF file"):
+        export_gguf(fake, tmp_path / "y.gguf")
+
+
+def test_non_llama_model_is_refused(smollm2_tokenizer, tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    MistralForCausalLM(config).save_pretrained(tmp_path / "mistral")
+    smollm2_tokenizer.save_pretrained(tmp_path / "mistral")
+    with pytest.raises(ExportError, match=r"model_type 'mistral'.*Llama-architecture"):
+        export_gguf(tmp_path / "mistral", tmp_path / "m.gguf")
+    assert list(tmp_path.glob("*.gguf*")) == []
+
+
+def test_interrupted_write_leaves_no_file(tiny_dir, tmp_path, monkeypatch):
+    import gguf
+
+    def die(self, *, progress=False):
+        self.fout[0].write(b"half a tensor")  # something was written before the crash
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", die)
+    with pytest.raises(KeyboardInterrupt):
+        export_gguf(tiny_dir, tmp_path / "x.gguf", type="f32")
+    assert list(tmp_path.iterdir()) == []
