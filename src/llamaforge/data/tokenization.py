@@ -302,6 +302,8 @@ def tokenize_records(
     """
     import datasets
 
+    if not records:
+        raise DataError("no records to tokenize; check `dataset` and `max_samples`")
     tpl = (
         get_template(template or cfg.template, cfg.templates_dir)
         if not isinstance(template, PromptTemplate | ChatTemplate)
