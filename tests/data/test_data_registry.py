@@ -193,3 +193,18 @@ def test_split_validation_errors():
 def test_conversation_records_are_canonical(data_dir):
     (chat,) = load(data_dir, "chat_demo")
     assert isinstance(chat, Conversation) and chat.source.endswith("record 1 (line 1)")
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_shipped_fixture_datasets():
+    cfg = DataConfig(
+        dataset=("tiny_alpaca", "qa_zh_tw", "chat_sharegpt"), dataset_dir=str(FIXTURES)
+    )
+    records = load_dataset_records(cfg, seed=0)
+    assert len(records) == 4 + 3 + 2
+    zh = [r for r in records if r.messages[0].content.startswith("你是")]
+    assert len(zh) == 3
+    assert zh[0].messages[0] == Message("system", "你是一個友善的助理，請用繁體中文回答。")
+    assert {r.messages[-1].content for r in zh} >= {"地上 101 層。"}
