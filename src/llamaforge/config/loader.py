@@ -116,6 +116,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
+        if isinstance(value, str) and str in args:
+            return value  # `all-linear`, not a one-element list
         errors = []
         for arg in args:
             if arg is type(None):

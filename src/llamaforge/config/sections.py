@@ -47,8 +47,9 @@ class DataConfig:
     response: answer}``."""
     system_prompt: str | None = None
     """System prompt added to every conversation that has none."""
-    template: str = "chat"
-    """Prompt template: ``chat`` (the tokenizer's chat template), llama2 | llama3 | chatml
+    template: str | None = None
+    """Prompt template (default ``chat``, or for an adapter's run directory the template it
+    was trained with): ``chat`` (the tokenizer's chat template), llama2 | llama3 | chatml
     (a chat template override), or alpaca | alpaca_legacy | alpaca_short | vigogne or the
     name of a JSON file in ``templates_dir``."""
     templates_dir: str | None = None
@@ -58,7 +59,9 @@ class DataConfig:
     train_on_inputs: bool = False
     """Also train on prompt tokens (otherwise only assistant responses carry labels)."""
     add_eos_token: bool = True
-    """Append the EOS token after each response so the model learns to stop."""
+    """Append the EOS token after each response so the model learns to stop. With a chat
+    template its end-of-turn marker is trained and ends the answer; this only adds EOS for
+    templates without one."""
     val_set_size: float = 0
     """Validation split: a count (>= 1) or a fraction (< 1) of the records."""
     max_samples: int | None = None

@@ -139,7 +139,7 @@ def preview_dataset(
         f"dataset: {data.dataset[0]}"
         + (f" ({spec.path})" if str(spec.path) != data.dataset[0] else "")
         + f": format {fmt}, {len(records)} records",
-        f"{kind}: {data.template}  cutoff_len: {data.cutoff_len}  "
+        f"{kind}: {data.template or 'chat'}  cutoff_len: {data.cutoff_len}  "
         f"train_on_inputs: {str(data.train_on_inputs).lower()}  "
         f"add_eos_token: {str(data.add_eos_token).lower()}",
         "trained tokens are " + ("green" if color else "wrapped in [[...]]"),

@@ -176,8 +176,10 @@ def template_names(templates_dir: str | Path | None = None) -> list[str]:
     return sorted({*TEMPLATES, *_user_templates(templates_dir)})
 
 
-def get_template(name: str, templates_dir: str | Path | None = None) -> Template:
-    """The template called ``name``: a file in ``templates_dir``, a built-in, or a file path."""
+def get_template(name: str | None, templates_dir: str | Path | None = None) -> Template:
+    """The template called ``name`` (None: ``chat``): a file in ``templates_dir``, a built-in,
+    or a file path."""
+    name = name or "chat"
     user = _user_templates(templates_dir)
     if name in user:
         path = user[name]

@@ -66,21 +66,20 @@ class GenerationResult:
 def template_for(cfg: RunConfig) -> str:
     """The prompt template to generate with.
 
-    ``cfg.data.template`` when the user set one; otherwise (it is still the default
-    ``chat``) the template remembered in the adapter's or model's run directory, so a model
-    fine-tuned on Alpaca prompts is prompted the same way.
+    ``cfg.data.template`` when the user set one; otherwise the template remembered in the
+    adapter's or model's run directory (so a model fine-tuned on Alpaca prompts is prompted
+    the same way), else ``chat``.
     """
-    from llamaforge.config import DataConfig
     from llamaforge.models import run_dir_template
 
-    if cfg.data.template != DataConfig().template:
+    if cfg.data.template is not None:
         return cfg.data.template
     for directory in (cfg.model.adapter, cfg.model.model):
         remembered = run_dir_template(directory)
         if remembered:
             logger.info("using template '%s' recorded in %s/config.yaml", remembered, directory)
             return remembered
-    return cfg.data.template
+    return "chat"
 
 
 def to_generation_config(

@@ -1,0 +1,101 @@
+"""Pre-flight estimate printed before training: size, memory and time per epoch.
+
+Time and activation memory are calibrated by running forward+backward on two real
+micro-batches (the first warms up kernels); gradients are then discarded and the RNG
+state restored, so the run that follows is exactly the one without the estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+import torch
+from transformers import Trainer
+
+from llamaforge.training.summary import peak_memory_bytes
+
+logger = logging.getLogger(__name__)
+
+_GIB = 1024**3
+
+
+def available_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return int(free) + int(torch.cuda.memory_allocated())
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 + peak_memory_bytes()
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _calibrate(trainer: Trainer, batches: int = 2) -> float:
+    """Seconds per micro-batch (forward + backward) measured on the first examples."""
+    model, args = trainer.model, trainer.args
+    dataset = trainer.train_dataset
+    size = min(args.per_device_train_batch_size, len(dataset))
+    device = next(model.parameters()).device
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    was_training = model.training
+    model.train()
+    seconds = 0.0
+    try:
+        for i in range(batches):
+            features = [dataset[(i * size + j) % len(dataset)] for j in range(size)]
+            batch = {k: v.to(device) for k, v in trainer.data_collator(features).items()}
+            start = time.perf_counter()
+            with trainer.autocast_smart_context_manager():
+                loss = trainer.compute_loss(model, batch)
+            loss.backward()
+            seconds = time.perf_counter() - start
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+    return seconds
+
+
+def print_preflight(
+    trainer: Trainer,
+    *,
+    trainable: int,
+    total: int,
+    precision: str,
+    packing: bool,
+    num_train: int,
+    num_val: int,
+) -> None:
+    args = trainer.args
+    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    micro_batches = math.ceil(num_train / (args.per_device_train_batch_size * args.world_size))
+    steps_per_epoch = max(1, micro_batches // args.gradient_accumulation_steps)
+    seconds_per_micro = _calibrate(trainer)
+    # Adam keeps two fp32 moments and a gradient per trainable parameter.
+    optimizer_bytes = trainable * 12
+    peak = peak_memory_bytes() + optimizer_bytes
+    available = available_memory_bytes()
+    epoch_s = seconds_per_micro * micro_batches
+    verdict = (
+        "fits" if peak < 0.9 * available else "DOES NOT FIT — lower micro_batch_size or cutoff_len"
+    )
+    lines = [
+        "pre-flight:",
+        f"  parameters {total / 1e6:.1f} M, trainable {trainable / 1e6:.2f} M ({100 * trainable / max(total, 1):.2f} %)",
+        f"  data: {num_train} train / {num_val} validation examples, {tokens} tokens per epoch",
+        f"  batch: {args.per_device_train_batch_size} per micro-batch × {args.gradient_accumulation_steps} "
+        f"accumulation × {args.world_size} process(es); {steps_per_epoch} optimizer steps per epoch",
+        f"  precision {precision}, packing {'on' if packing else 'off'}",
+        f"  memory: peak ≈ {peak / _GIB:.2f} GiB of {available / _GIB:.1f} GiB available — {verdict}",
+        f"  time: {seconds_per_micro:.2f} s per micro-batch → ≈ {epoch_s / 60:.1f} min per epoch",
+    ]
+    logger.info("\n".join(lines))
