@@ -1,0 +1,234 @@
+"""Acceptance on the real bundled SmolLM2-135M after a short LoRA run: verified merge, GGUF
+f16/q8_0 through transformers' GGUF loader and (when installed) llama.cpp.
+
+Figures are printed (run with -s to see them). One module-scoped run, merge and export each.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamaforge.export.gguf import export_gguf
+from llamaforge.export.merge import LOGIT_TOLERANCE, merge_adapter
+
+pytestmark = pytest.mark.slow
+
+TRAIN = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Name a primary color.", "Red is a primary color."),
+    ("What is 2 + 3?", "2 + 3 = 5."),
+    ("Translate 'cat' to French.", "'Cat' in French is 'chat'."),
+]
+CHAT_PROMPTS = [
+    "What is the capital of France?",
+    "Give me a synonym for happy.",
+    "How many legs does a spider have?",
+    "Write a haiku about the sea.",
+    "What is 12 times 12?",
+]
+TEXTS = [
+    "The Industrial Revolution began in Britain in the late eighteenth century. Steam engines, "
+    "powered by coal, drove factories, mills and locomotives, and cities grew quickly as people "
+    "moved from farms to find work. Working conditions were often harsh, and children worked "
+    "long hours.",
+    "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
+    "    return a\n\nprint([fibonacci(i) for i in range(10)])",
+    "春天来了，花儿开了，小鸟在树上唱歌。我们一起去公园散步吧。",
+]
+
+
+def _chat(tokenizer, user: str, assistant: str | None = None) -> list[int]:
+    messages = [{"role": "user", "content": user}]
+    if assistant is not None:
+        messages.append({"role": "assistant", "content": assistant})
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=assistant is None
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory after 4 LoRA steps (all-linear, r=8) on four chat examples."""
+    from peft import LoraConfig, get_peft_model
+
+    from llamaforge.export.sources import load_base
+
+    model, tokenizer = load_base("smollm2-135m")
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+    peft_model = get_peft_model(model, config)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=2e-3)
+    peft_model.train()
+    losses = []
+    for step in range(4):
+        ids = torch.tensor([_chat(tokenizer, *TRAIN[step % len(TRAIN)])])
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(round(float(loss), 3))
+    print(f"\nLoRA steps, loss: {losses}")
+    path = tmp_path_factory.mktemp("real") / "run"
+    peft_model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "config.yaml").write_text("model:\n  model: smollm2-135m\ndata:\n  template: chat\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def merged(run_dir):
+    out = run_dir.parent / "merged"
+    return merge_adapter(None, run_dir, out), out
+
+
+@pytest.fixture(scope="module")
+def source(merged):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, out = merged
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def eval_ids(source):
+    _, tokenizer = source
+    ids = [_chat(tokenizer, p) for p in CHAT_PROMPTS]
+    ids += [tokenizer(t)["input_ids"] for t in TEXTS]
+    assert sum(len(i) for i in ids) >= 200
+    return ids
+
+
+@pytest.fixture(scope="module")
+def gguf_files(merged):
+    _, out = merged
+    cache = {}
+
+    def get(type_name: str):
+        if type_name not in cache:
+            path = out.parent / type_name / f"smollm2-sft-{type_name}.gguf"
+            # The export's own verification (a transformers reload, ~40 s here) runs for f16;
+            # the q8_0 figures come from this module's reload alone.
+            report = export_gguf(out, path, type=type_name, verify=type_name == "f16")
+            cache[type_name] = (report, path)
+        return cache[type_name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def source_greedy(source):
+    model, tokenizer = source
+    return [_greedy(model, _chat(tokenizer, p)) for p in CHAT_PROMPTS]
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([row])).logits[0] for row in ids]
+
+
+def _greedy(model, ids, n=12):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, pad_token_id=2)
+    return out[0, len(ids) :].tolist()
+
+
+def _margin(model, ids, continuation, position) -> float:
+    """Source model's top-1 minus top-2 logit where two continuations part."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids + continuation[:position]])).logits[0, -1]
+    top = logits.topk(2).values
+    return float(top[0] - top[1])
+
+
+def _compare_greedy(source_model, tokenizer, source_continuations, other_continuations):
+    same, flips = 0, []
+    for prompt, expected, other in zip(
+        CHAT_PROMPTS, source_continuations, other_continuations, strict=True
+    ):
+        ids = _chat(tokenizer, prompt)
+        if other == expected:
+            same += 1
+            continue
+        at = next(
+            (i for i, (a, b) in enumerate(zip(expected, other, strict=False)) if a != b), len(other)
+        )
+        flips.append(
+            f"{prompt!r}: token {at}, source margin {_margin(source_model, ids, expected, at):.3f}"
+            f" ({tokenizer.decode(expected)!r} vs {tokenizer.decode(other)!r})"
+        )
+    return same, flips
+
+
+def test_real_merge_matches_base_plus_adapter(merged):
+    report, out = merged
+    print(
+        f"\nmerge: max |Δlogit| = {report.max_abs_logit_diff:.2e} over "
+        f"{report.positions_checked} positions, {report.changed_tensors} tensors changed, "
+        f"||ΔW||/||W|| = {report.relative_delta:.2e}"
+    )
+    assert report.max_abs_logit_diff < LOGIT_TOLERANCE
+    assert report.changed_tensors == 30 * 7  # all-linear: 7 projections x 30 layers
+    assert report.tied_embeddings is True
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in (
+        out / "tokenizer_config.json"
+    ).read_text()
+
+
+@pytest.mark.parametrize(("type_name", "min_top1"), [("f16", 0.99), ("q8_0", 0.95)])
+def test_real_gguf_through_transformers(
+    source, source_greedy, eval_ids, gguf_files, type_name, min_top1
+):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = source
+    report, path = gguf_files(type_name)
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    a, b = _logits(model, eval_ids), _logits(reloaded, eval_ids)
+    diff = max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+    positions = sum(len(i) for i in eval_ids)
+    top1 = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b, strict=True))
+    print(
+        f"\n{type_name}: {report.size_bytes / 2**20:.0f} MiB, max |Δlogit| = {diff:.4f}, top-1 "
+        f"{top1}/{positions} = {top1 / positions:.2%}"
+    )
+    assert positions >= 200
+    assert top1 / positions >= min_top1
+    if type_name == "f16":
+        assert diff <= 0.1
+        assert report.tokenizer_match is True and report.max_abs_logit_diff <= 0.1
+        greedy = [_greedy(reloaded, _chat(tokenizer, p)) for p in CHAT_PROMPTS]
+        same, flips = _compare_greedy(model, tokenizer, source_greedy, greedy)
+        print(f"f16 greedy identical {same}/5; flips: {flips}")
+        assert same >= 4, flips
+
+
+def test_real_gguf_f16_through_llama_cpp(source, source_greedy, gguf_files):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, tokenizer = source
+    _, path = gguf_files("f16")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, verbose=False, seed=0)
+    try:
+        for text in [*TEXTS, tokenizer.decode(_chat(tokenizer, CHAT_PROMPTS[0]))]:
+            expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == expected, text
+        continuations = []
+        for prompt in CHAT_PROMPTS:
+            llm.reset()
+            tokens = []
+            for token in llm.generate(
+                _chat(tokenizer, prompt), temp=0.0, top_k=1, repeat_penalty=1.0, reset=True
+            ):
+                tokens.append(token)
+                if len(tokens) == 12 or token == llm.token_eos():
+                    break
+            continuations.append(tokens)
+    finally:
+        llm.close()
+    same, flips = _compare_greedy(model, tokenizer, source_greedy, continuations)
+    print(f"\nllama.cpp f16: greedy identical {same}/5; flips: {flips}")
+    assert same >= 4, flips
