@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from llamaforge.config.sections import FinetuningConfig
-from llamaforge.errors import ConfigError
+from llamaforge.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,31 @@ def _freeze(model: nn.Module, cfg: FinetuningConfig) -> None:
         )
 
 
+def _keep_4bit_weights_trainable(model: nn.Module) -> None:
+    """Stop bitsandbytes from switching 4-bit weights to its inference-only CPU layout.
+
+    bitsandbytes 0.50 on a CPU with AVX512-BF16 repacks a ``Linear4bit`` weight on its
+    first eval-mode forward without grad (an evaluation, a ``generate()``); from then on
+    its matmul bypasses autograd, so LoRA gets no gradient and the loss freezes (QLoRA
+    with ``val_set_size`` trained nothing after the first evaluation: grad_norm 0.0).
+    The instance flag below is the only switch; tests/training/test_qlora.py fails if
+    an upstream change makes it stop working. Costs only eval speed.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return
+    for name, module in model.named_modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+            raise ModelError(
+                f"{name}: this 4-bit model already ran inference on CPU, which repacked its "
+                "weights for inference only; load a fresh model to train it"
+            )
+        module.support_avx512bf16_for_cpu = False
+
+
 def attach_adapter(
     model: nn.Module, cfg: FinetuningConfig, *, gradient_checkpointing: bool = False
 ) -> nn.Module:
@@ -106,6 +131,8 @@ def attach_adapter(
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    if getattr(model, "is_loaded_in_4bit", False):
+        _keep_4bit_weights_trainable(model)
     if cfg.finetuning == "qlora":
         # Casts norms to fp32 and enables input grads; must come before get_peft_model.
         model = prepare_model_for_kbit_training(
