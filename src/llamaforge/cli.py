@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from llamaforge.config.sections import RunConfig
 from llamaforge.errors import LlamaforgeError
 
 logger = logging.getLogger("llamaforge")
@@ -63,7 +64,7 @@ GENERATION_FLAGS = (
 )
 
 
-def _load_config(args: argparse.Namespace, flags: Sequence[str]):
+def _load_config(args: argparse.Namespace, flags: Sequence[str]) -> RunConfig:
     from llamaforge.config import load_run_config
 
     if getattr(args, "system", None) is not None:
@@ -90,21 +91,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_data_preview(args: argparse.Namespace) -> int:
+    cfg = _load_config(
+        args,
+        ("model", "template", "cutoff_len", "train_on_inputs", "format", "dataset_dir", "dataset"),
+    )
     from llamaforge.data.preview import preview_dataset
 
-    args.dataset_list = [args.dataset]
-    cfg = _load_config(
-        args, ("model", "template", "cutoff_len", "train_on_inputs", "format", "dataset_dir")
-    )
-    cfg = _with_dataset(cfg, args.dataset)
     sys.stdout.write(preview_dataset(cfg, num_examples=args.num_examples) + "\n")
     return 0
-
-
-def _with_dataset(cfg, dataset: str):
-    import dataclasses
-
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=(dataset,)))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -118,6 +112,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run_training(cfg)
     return 0
+
+
+def cmd_export_merge(args: argparse.Namespace) -> int:
+    from llamaforge.export.commands import run_export_merge
+
+    return run_export_merge(
+        args.model, args.adapter, args.output, shard_size=args.shard_size, overwrite=args.overwrite
+    )
+
+
+def cmd_export_gguf(args: argparse.Namespace) -> int:
+    from llamaforge.export.commands import run_export_gguf
+
+    return run_export_gguf(
+        args.model,
+        args.output,
+        args.type,
+        args.adapter,
+        system=args.system,
+        modelfile=not args.no_modelfile,
+        overwrite=args.overwrite,
+    )
+
+
+def cmd_export_quantize(args: argparse.Namespace) -> int:
+    from llamaforge.export.commands import run_export_quantize
+
+    return run_export_quantize(
+        args.model, args.output, args.bits, args.adapter, overwrite=args.overwrite
+    )
 
 
 def cmd_config_keys(args: argparse.Namespace) -> int:
@@ -137,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", nargs="?", help="YAML config (optional when overrides say enough)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, values parsed as YAML")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(command_key="train")
 
     p = sub.add_parser(
         "generate", help="generate answers for one prompt or a JSONL file of prompts"
@@ -149,13 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="JSONL file for predictions (with --input)")
     p.add_argument("--raw", action="store_true", help="send the prompt text as-is, no template")
     p.add_argument("--config", help="optional YAML config")
-    p.set_defaults(func=cmd_generate, overrides=())
+    p.set_defaults(command_key="generate", overrides=())
 
     p = sub.add_parser("chat", help="interactive multi-turn chat in the terminal")
     _add_model_args(p)
     _add_generation_args(p)
     p.add_argument("--config", help="optional YAML config")
-    p.set_defaults(func=cmd_chat, overrides=())
+    p.set_defaults(command_key="chat", overrides=())
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(
         dest="data_command", required=True
@@ -171,13 +195,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default=None)
     p.add_argument("--dataset-dir", default=None)
     p.add_argument("--num-examples", type=int, default=3)
-    p.set_defaults(func=cmd_data_preview, overrides=())
+    p.set_defaults(command_key="data preview", overrides=())
+
+    export = sub.add_parser("export", help="merge, GGUF, quantize").add_subparsers(
+        dest="export_command", required=True
+    )
+    p = export.add_parser("merge", help="merge a LoRA adapter into its base: a standalone HF model")
+    p.add_argument("--model", help="base model (default: the adapter's run directory says)")
+    p.add_argument("--adapter", help="adapter or run directory")
+    p.add_argument("--output", required=True)
+    p.add_argument("--shard-size", default="2GB")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(command_key="export merge")
+    p = export.add_parser("gguf", help="write a verified GGUF file (+ Ollama Modelfile)")
+    p.add_argument("--model", required=True, help="HF dir, run directory or model spec")
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--output", required=True, help="FILE.gguf")
+    p.add_argument(
+        "--type", default="f16", help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1"
+    )
+    p.add_argument("--system", default=None, help="SYSTEM line for the Modelfile")
+    p.add_argument("--no-modelfile", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(command_key="export gguf")
+    p = export.add_parser("quantize", help="save a bitsandbytes 4/8-bit checkpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--output", required=True)
+    p.add_argument("--bits", type=int, choices=(4, 8), default=4)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(command_key="export quantize")
 
     cfg = sub.add_parser("config", help="config tools").add_subparsers(
         dest="config_command", required=True
     )
     p = cfg.add_parser("keys", help="list every config key with its default and meaning")
-    p.set_defaults(func=cmd_config_keys)
+    p.set_defaults(command_key="config keys")
     return parser
 
 
@@ -186,6 +239,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "chat": cmd_chat,
     "data preview": cmd_data_preview,
+    "export merge": cmd_export_merge,
+    "export gguf": cmd_export_gguf,
+    "export quantize": cmd_export_quantize,
     "config keys": cmd_config_keys,
 }
 
@@ -197,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        return int(COMMANDS[args.command_key](args) or 0)
     except LlamaforgeError as e:
         if args.debug:
             raise
