@@ -36,7 +36,7 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _calibrate(trainer: Trainer, batches: int = 2) -> float:
+def _calibrate(trainer: Trainer, precision: str, batches: int = 2) -> float:
     """Seconds per micro-batch (forward + backward) measured on the first examples."""
     model, args = trainer.model, trainer.args
     dataset = trainer.train_dataset
@@ -52,7 +52,10 @@ def _calibrate(trainer: Trainer, batches: int = 2) -> float:
             features = [dataset[(i * size + j) % len(dataset)] for j in range(size)]
             batch = {k: v.to(device) for k, v in trainer.data_collator(features).items()}
             start = time.perf_counter()
-            with trainer.autocast_smart_context_manager():
+            # The Trainer autocasts through accelerate once train() prepares the model;
+            # here we do it ourselves so the estimate runs at the training precision.
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            with torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16")):
                 loss = trainer.compute_loss(model, batch)
             loss.backward()
             seconds = time.perf_counter() - start
@@ -79,7 +82,7 @@ def print_preflight(
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     micro_batches = math.ceil(num_train / (args.per_device_train_batch_size * args.world_size))
     steps_per_epoch = max(1, micro_batches // args.gradient_accumulation_steps)
-    seconds_per_micro = _calibrate(trainer)
+    seconds_per_micro = _calibrate(trainer, precision)
     # Adam keeps two fp32 moments and a gradient per trainable parameter.
     optimizer_bytes = trainable * 12
     peak = peak_memory_bytes() + optimizer_bytes
