@@ -1,0 +1,576 @@
+"""``llamaforge serve``: an OpenAI-compatible HTTP API over the batch scheduler.
+
+Endpoints: ``GET /health``, ``GET /v1/models``, ``GET /v1/models/{id}``,
+``POST /v1/chat/completions`` and ``POST /v1/completions`` (streaming as server-sent events
+with a final ``finish_reason`` chunk, ``stream_options.include_usage`` and ``[DONE]``).
+
+Contract:
+
+- Every error body has the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``:
+  400 validation (including prompt + max_tokens beyond the context, both numbers named),
+  401 missing/wrong key when an API key is set, 404 unknown model or route, 429 with
+  ``Retry-After`` beyond ``max_concurrent`` requests in flight, 503 (with ``Retry-After``)
+  while the model loads or the server shuts down, 500 for bugs. Bodies never carry a
+  traceback or a file path; those go to the log.
+- Concurrent requests share decode steps (:mod:`llamaforge.inference.batching`); ``n``
+  choices are separate rows of the batch.
+- A client that disconnects cancels its generation before the next decode step.
+- SIGTERM/SIGINT: stop accepting, let in-flight responses finish (up to
+  ``drain_timeout_s``), then stop the scheduler and exit.
+- Binds 127.0.0.1 unless told otherwise; the port is bound before the model loads, so
+  ``/health`` answers 503 ``loading`` until it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from llamaforge.errors import ConfigError, LlamaforgeError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError:  # the CLI prints this instead of a traceback
+    raise ConfigError(
+        "llamaforge serve needs the serve extra: pip install 'llamaforge[serve]'"
+    ) from None
+from llamaforge.inference.api_schema import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    error_body,
+    generation_config,
+)
+from llamaforge.inference.batching import (
+    BatchScheduler,
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    TextPiece,
+)
+
+if TYPE_CHECKING:
+    from llamaforge.config import GenerationConfig, RunConfig
+    from llamaforge.inference.batching import ServedModel
+    from llamaforge.inference.model_pool import ModelPool
+
+logger = logging.getLogger(__name__)
+
+Phase = Literal["loading", "ready", "stopping", "failed"]
+RETRY_AFTER_S = "1"
+# How often a non-streaming handler checks whether its client went away.
+DISCONNECT_POLL_S = 0.25
+
+
+class ServerState:
+    """What the app serves, and where the server is in its life."""
+
+    def __init__(self, defaults: GenerationConfig) -> None:
+        self.phase: Phase = "loading"
+        self.defaults = defaults
+        self.pool: ModelPool | None = None
+        self.scheduler: BatchScheduler | None = None
+        self.in_flight = 0
+        self.error: BaseException | None = None
+        self.created = int(time.time())
+
+    def set_ready(self, pool: ModelPool, scheduler: BatchScheduler) -> None:
+        self.pool, self.scheduler = pool, scheduler
+        if self.phase == "loading":
+            self.phase = "ready"
+
+
+def _gate_error(
+    state: ServerState, headers: dict[str, str], api_key: str | None
+) -> APIError | None:
+    """401 without the right key, 503 unless ready; checked before the body is parsed."""
+    if api_key is not None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode(), api_key.encode()
+        ):
+            return APIError(
+                401,
+                "missing or incorrect API key; send the header 'Authorization: Bearer KEY'",
+                code="invalid_api_key",
+            )
+    if state.phase != "ready":
+        what = "loading the model" if state.phase == "loading" else "shutting down"
+        return APIError(
+            503,
+            f"the server is {what}; retry shortly",
+            type="server_error",
+            code="service_unavailable",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
+    return None
+
+
+class _Gate:
+    """ASGI middleware applying :func:`_gate_error` to ``/v1/`` routes. (Plain ASGI rather
+    than ``@app.middleware``: BaseHTTPMiddleware buffers streams and hides disconnects.)"""
+
+    def __init__(self, app: Any, state: ServerState, api_key: str | None) -> None:
+        self.app, self.state, self.api_key = app, state, api_key
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            }
+            error = _gate_error(self.state, headers, self.api_key)
+            if error is not None:
+                response = JSONResponse(
+                    error.body(), status_code=error.status, headers=error.headers
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _served(state: ServerState, name: str) -> ServedModel:
+    assert state.pool is not None  # the gate answers 503 until the pool is set
+    served = state.pool.served.get(name)
+    if served is None:
+        raise APIError(
+            404,
+            f"model '{name}' does not exist; choose one of: {', '.join(state.pool.served)}",
+            param="model",
+            code="model_not_found",
+        )
+    return served
+
+
+def _encode(served: ServedModel, prompt: Any, raw: bool) -> list[int]:
+    try:
+        return served.engine.encode(prompt, raw=raw)
+    except LlamaforgeError as e:
+        raise APIError(400, str(e), param="prompt" if raw else "messages") from None
+
+
+def _sse(data: dict[str, Any] | str) -> str:
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {text}\n\n"
+
+
+class _Generation:
+    """The rows of one API request in the scheduler, with their events on an asyncio queue."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        served: ServedModel,
+        jobs: Sequence[tuple[list[int], Any]],
+        gen: GenerationConfig,
+        n: int,
+        raw: bool,
+    ) -> None:
+        import dataclasses
+
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self.requests: list[GenerationRequest] = []
+        self.prompt_tokens = sum(len(ids) for ids, _ in jobs)
+        stops = served.engine.stop_strings(gen, raw=raw)
+        for ids, prompt in jobs:
+            for j in range(n):
+                index = len(self.requests)
+                row_gen = gen
+                if gen.seed is not None and j:
+                    # n seeded choices differ from each other and are each reproducible.
+                    row_gen = dataclasses.replace(gen, seed=(gen.seed + j) % 2**63)
+                self.requests.append(
+                    GenerationRequest(
+                        model=served.name,
+                        prompt_ids=ids,
+                        gen=row_gen,
+                        stops=stops,
+                        on_event=self._callback(index),
+                        prompt=prompt,
+                        raw=raw,
+                    )
+                )
+        self.state = state
+
+    def _callback(self, index: int) -> Callable[[Event], None]:
+        def deliver(event: Event) -> None:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (index, event))
+
+        return deliver
+
+    def start(self) -> None:
+        assert self.state.scheduler is not None
+        for request in self.requests:
+            self.state.scheduler.submit(request)
+
+    def cancel(self) -> None:
+        for request in self.requests:
+            request.cancel()
+
+
+class _ClosingStream(StreamingResponse):
+    """A streaming response that always runs ``on_close`` (finished, failed, or the
+    client gone), even when the body iterator never started."""
+
+    def __init__(self, content: Any, *, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def create_app(
+    state: ServerState,
+    *,
+    api_key: str | None = None,
+    max_concurrent: int = 32,
+) -> FastAPI:
+    """The FastAPI app serving ``state``; the caller loads models into it (``set_ready``)."""
+
+    app = FastAPI(title="llamaforge", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.llamaforge = state
+    app.add_middleware(_Gate, state=state, api_key=api_key)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        problems, params = [], []
+        for err in e.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+            where = ".".join(loc) or "body"
+            params.append(where)
+            problems.append(f"{where}: {err.get('msg', 'invalid value')}")
+        message = "invalid request: " + "; ".join(problems[:5])
+        return JSONResponse(
+            error_body(message, "invalid_request_error", params[0] if params else None),
+            status_code=400,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        message = "no such endpoint" if e.status_code == 404 else str(e.detail)
+        return JSONResponse(error_body(message, kind), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception) -> JSONResponse:
+        logger.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal server error; see the server log", "server_error"),
+            status_code=500,
+        )
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        scheduler = state.scheduler
+        body = {
+            "status": "ok" if state.phase == "ready" else state.phase,
+            "in_flight": state.in_flight,
+            "models": list(state.pool.served) if state.pool else [],
+            "active_rows": scheduler.active if scheduler else 0,
+        }
+        return JSONResponse(body, status_code=200 if state.phase == "ready" else 503)
+
+    def model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": state.created, "owned_by": "llamaforge"}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        assert state.pool is not None
+        return {"object": "list", "data": [model_card(name) for name in state.pool.served]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str, request: Request) -> dict[str, Any]:
+        return model_card(_served(state, name).name)
+
+    def admit(generation: _Generation) -> None:
+        if state.in_flight >= max_concurrent:
+            raise APIError(
+                429,
+                f"too many requests in flight (limit {max_concurrent}); retry shortly",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+        state.in_flight += 1
+        generation.start()
+
+    def release(generation: _Generation) -> None:
+        generation.cancel()  # no-op for finished rows
+        state.in_flight -= 1
+
+    async def collect(generation: _Generation, request: Request) -> list[Any] | None:
+        """Every row's result; None if the client went away first."""
+        results: list[Any] = [None] * len(generation.requests)
+        remaining = len(results)
+        while remaining:
+            try:
+                index, event = await asyncio.wait_for(
+                    generation.events.get(), timeout=DISCONNECT_POLL_S
+                )
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return None
+                continue
+            if isinstance(event, Finished):
+                results[index] = event.result
+                remaining -= 1
+            elif isinstance(event, Failed):
+                raise APIError(500, event.message, type="server_error")
+        return results
+
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    async def respond(
+        body: ChatCompletionRequest | CompletionRequest,
+        request: Request,
+        generation: _Generation,
+        chat: bool,
+    ) -> Any:
+        admit(generation)
+        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+        if not body.stream:
+            try:
+                results = await collect(generation, request)
+            finally:
+                release(generation)  # also stops the rows when the client is gone
+            if results is None:
+                return Response(status_code=499)  # nobody is listening any more
+            choices = []
+            for i, result in enumerate(results):
+                choice: dict[str, Any] = {"index": i, "finish_reason": result.finish_reason}
+                if chat:
+                    choice["message"] = {"role": "assistant", "content": result.text}
+                    choice["logprobs"] = None
+                else:
+                    choice["text"] = result.text
+                    choice["logprobs"] = None
+                choices.append(choice)
+            completion = sum(r.completion_tokens for r in results)
+            return {
+                "id": ident,
+                "object": kind,
+                "created": created,
+                "model": body.model,
+                "choices": choices,
+                "usage": usage(generation.prompt_tokens, completion),
+            }
+        return _ClosingStream(
+            stream_events(body, generation, ident, created, chat),
+            on_close=lambda: release(generation),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def stream_events(
+        body: ChatCompletionRequest | CompletionRequest,
+        generation: _Generation,
+        ident: str,
+        created: int,
+        chat: bool,
+    ) -> AsyncIterator[str]:
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        with_usage = body.include_usage
+
+        def chunk(index: int, text: str | None, finish: str | None) -> dict[str, Any]:
+            choice: dict[str, Any] = {"index": index}
+            if chat:
+                choice["delta"] = {} if text is None else {"content": text}
+            else:
+                choice["text"] = text or ""
+            choice["logprobs"] = None
+            choice["finish_reason"] = finish
+            out = {"id": ident, "object": kind, "created": created, "model": body.model}
+            out["choices"] = [choice]
+            if with_usage:
+                out["usage"] = None
+            return out
+
+        if chat:
+            for i in range(len(generation.requests)):
+                first = chunk(i, "", None)
+                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                yield _sse(first)
+        remaining = len(generation.requests)
+        completion = 0
+        while remaining:
+            index, event = await generation.events.get()
+            if isinstance(event, TextPiece):
+                yield _sse(chunk(index, event.text, None))
+            elif isinstance(event, Finished):
+                remaining -= 1
+                completion += event.result.completion_tokens
+                yield _sse(chunk(index, None, event.result.finish_reason))
+            else:
+                generation.cancel()
+                yield _sse(error_body(event.message, "server_error"))
+                break
+        else:
+            if with_usage:
+                yield _sse(
+                    {
+                        "id": ident,
+                        "object": kind,
+                        "created": created,
+                        "model": body.model,
+                        "choices": [],
+                        "usage": usage(generation.prompt_tokens, completion),
+                    }
+                )
+        yield _sse("[DONE]")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        served = _served(state, body.model)
+        body.check_supported()
+        messages = body.to_messages()
+        ids = _encode(served, messages, raw=False)
+        gen = _generation(body, ids)
+        generation = _Generation(state, served, [(ids, messages)], gen, body.n, raw=False)
+        return await respond(body, request, generation, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        served = _served(state, body.model)
+        body.check_supported()
+        jobs = [(_encode(served, p, raw=True), p) for p in body.prompts]
+        gen = _generation(body, max(jobs, key=lambda job: len(job[0]))[0])
+        generation = _Generation(state, served, jobs, gen, body.n, raw=True)
+        return await respond(body, request, generation, chat=False)
+
+    def _generation(body: ChatCompletionRequest | CompletionRequest, ids: list[int]) -> Any:
+        assert state.pool is not None
+        return generation_config(
+            body,
+            state.defaults,
+            prompt_tokens=len(ids),
+            context_length=state.pool.context_length,
+        )
+
+    return app
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host"
+        ) from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def load_into(
+    state: ServerState, cfg: RunConfig, adapters: Sequence[str], max_batch_size: int
+) -> None:
+    """Load the models, start the scheduler and mark ``state`` ready (or failed)."""
+    from llamaforge.inference.model_pool import load_model_pool
+
+    try:
+        pool = load_model_pool(cfg, adapters)
+        scheduler = BatchScheduler(pool.model, pool.served, max_batch_size=max_batch_size)
+        scheduler.start()
+    except BaseException as e:  # reported by run_serve once the server has stopped
+        state.error, state.phase = e, "failed"
+        return
+    state.set_ready(pool, scheduler)
+    logger.info("ready: %s", ", ".join(pool.served))
+
+
+def make_server(app: FastAPI, state: ServerState, *, drain_timeout_s: float) -> Any:
+    """A uvicorn server that marks ``state`` as stopping on SIGTERM/SIGINT (new requests
+    get 503 while in-flight ones finish)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if state.phase in ("loading", "ready"):
+                logger.info("shutting down: finishing %d request(s) in flight", state.in_flight)
+                state.phase = "stopping"
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        log_config=None,  # keep the CLI's logging setup
+        timeout_graceful_shutdown=drain_timeout_s,
+        lifespan="off",
+    )
+    return Server(config)
+
+
+def run_serve(
+    cfg: RunConfig,
+    *,
+    host: str,
+    port: int,
+    api_key: str | None,
+    max_concurrent: int,
+    adapters: list[str],
+    drain_timeout_s: float = 120.0,
+) -> int:
+    """The ``serve`` command: bind, load in the background, serve until SIGTERM/SIGINT."""
+    if max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        logger.warning(
+            "listening on %s without --api-key: anyone who can reach it can use it", host
+        )
+    state = ServerState(cfg.generation)
+    app = create_app(state, api_key=api_key, max_concurrent=max_concurrent)
+    sock = _listen(host, port)
+    server = make_server(app, state, drain_timeout_s=drain_timeout_s)
+
+    def load() -> None:
+        load_into(state, cfg, adapters, max_batch_size=max(64, max_concurrent))
+        if state.phase == "failed":
+            server.should_exit = True
+
+    logger.info("listening on http://%s:%d (loading %s)", host, port, cfg.model.model)
+    loader = threading.Thread(target=load, name="llamaforge-load", daemon=True)
+    loader.start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        state.phase = "stopping" if state.phase != "failed" else "failed"
+        loader.join()
+        if state.scheduler is not None:
+            state.scheduler.stop()
+        sock.close()
+    if state.error is not None:
+        raise state.error
+    return 0
