@@ -46,3 +46,12 @@ def tiny_llama(smollm2_tokenizer):
         pad_token_id=smollm2_tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_model_dir(tiny_llama, smollm2_tokenizer, tmp_path) -> Path:
+    """tiny_llama + the real tokenizer written as a plain HF model directory."""
+    path = tmp_path / "base"
+    tiny_llama.save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path

@@ -1,5 +1,5 @@
-"""Fixtures for export tests: a tiny random Llama saved as an HF directory and LoRA adapters
-with random (non-zero) B matrices built with peft and saved with save_pretrained."""
+"""Fixtures for export tests: LoRA adapters with random (non-zero) B matrices built with peft
+on `tiny_model_dir` (tests/conftest.py) and saved with save_pretrained."""
 
 from __future__ import annotations
 
@@ -8,15 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-
-@pytest.fixture
-def tiny_model_dir(tiny_llama, smollm2_tokenizer, tmp_path) -> Path:
-    """tiny_llama + the real tokenizer written as a plain HF model directory."""
-    path = tmp_path / "base"
-    tiny_llama.save_pretrained(path)
-    smollm2_tokenizer.save_pretrained(path)
-    return path
 
 
 def randomize_lora(model, *, std: float = 0.05, seed: int = 1) -> None:

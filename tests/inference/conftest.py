@@ -44,15 +44,6 @@ def tiny_engine(chatty_llama, smollm2_tokenizer) -> GenerationEngine:
     return GenerationEngine(chatty_llama, smollm2_tokenizer)
 
 
-@pytest.fixture
-def tiny_model_dir(tiny_llama, smollm2_tokenizer, tmp_path) -> Path:
-    """tiny_llama + the real tokenizer written as a plain HF model directory."""
-    path = tmp_path / "base"
-    tiny_llama.save_pretrained(path)
-    smollm2_tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def smollm2_cache(tmp_path_factory) -> Path:
     """LLAMAFORGE_CACHE pointing at an empty session cache (kept for the whole session)."""
