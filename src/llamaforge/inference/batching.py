@@ -83,6 +83,8 @@ class FinishedRecord:
     model: str
     completion_tokens: int
     outcome: Literal["stop", "length", "cancelled", "failed"]
+    tokens_at_cancel: int | None = None
+    """Tokens generated when ``cancel()`` was called (None: never cancelled)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +123,16 @@ class GenerationRequest:
         self.prompt = prompt
         """The prompt itself; needed only for beam search (``GenerationEngine.generate``)."""
         self.raw = raw
+        self.generated = 0
+        """Tokens generated so far (written by the scheduler thread)."""
+        self.tokens_at_cancel: int | None = None
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
         """Stop generating before the next decode step (thread-safe, idempotent)."""
-        self._cancelled.set()
+        if not self._cancelled.is_set():
+            self.tokens_at_cancel = self.generated
+            self._cancelled.set()
 
     @property
     def cancelled(self) -> bool:
@@ -186,6 +193,7 @@ class _Row:
         engine, request = self.engine, self.request
         self.ids.append(token)
         self.next_token = token
+        request.generated = len(self.ids)
         finished = token in engine.stop_token_ids or len(self.ids) >= request.gen.max_new_tokens
         events: list[Event] = []
         text = _decode(engine.tokenizer, self.ids)
@@ -210,7 +218,8 @@ class _Row:
 class _Group:
     """The rows of one served model and their shared KV cache (left-padded)."""
 
-    def __init__(self, served: ServedModel) -> None:
+    def __init__(self, name: str, served: ServedModel) -> None:
+        self.name = name
         self.served = served
         self.rows: list[_Row] = []
         self.cache: Any = None  # DynamicCache: per layer keys/values [B, kv_heads, L, head_dim]
@@ -276,6 +285,8 @@ class BatchScheduler:
         """The last finished requests, newest last (for monitoring and tests)."""
         self.steps = 0
         """Forward passes run (prefills and decode steps)."""
+        self.rows = 0
+        """Rows in the batch after the last step (0 once every request has left)."""
         self._inbox: queue.Queue[GenerationRequest] = queue.Queue()
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._groups: dict[str, _Group] = {}
@@ -359,7 +370,9 @@ class BatchScheduler:
     ) -> None:
         if event is not None:
             self._emit(request, event)
-        self.recent.append(FinishedRecord(request.id, request.model, tokens, outcome))
+        self.recent.append(
+            FinishedRecord(request.id, request.model, tokens, outcome, request.tokens_at_cancel)
+        )
         with self._lock:
             self._active -= 1
 
@@ -384,7 +397,8 @@ class BatchScheduler:
     def _keep(self, group: _Group, keep: list[int]) -> None:
         group.keep(keep)
         if not group.rows:
-            del self._groups[group.served.name]
+            del self._groups[group.name]
+        self.rows = sum(len(g.rows) for g in self._groups.values())
 
     @contextlib.contextmanager
     def _adapter(self, served: ServedModel) -> Iterator[None]:
@@ -422,12 +436,13 @@ class BatchScheduler:
             else:
                 by_model.setdefault(request.model, []).append(request)
         for name, requests in by_model.items():
-            self._prefill(self.served[name], requests)
+            self._prefill(name, requests)
 
-    def _prefill(self, served: ServedModel, requests: list[GenerationRequest]) -> None:
+    def _prefill(self, name: str, requests: list[GenerationRequest]) -> None:
         import torch
         from transformers import DynamicCache
 
+        served = self.served[name]
         engine = served.engine
         pad_id = engine.tokenizer.pad_token_id or 0
         width = max(len(r.prompt_ids) for r in requests)
@@ -456,9 +471,9 @@ class BatchScheduler:
         for i, row in enumerate(rows):
             row.length = len(row.request.prompt_ids)
             self._deliver(row, row.pick(logits[i]))
-        group = self._groups.get(served.name)
+        group = self._groups.get(name)
         if group is None:
-            group = self._groups[served.name] = _Group(served)
+            group = self._groups[name] = _Group(name, served)
         group.merge(rows, cache, mask.to(self.model.device))
         self._keep(group, [i for i, row in enumerate(group.rows) if not row.done])
 

@@ -110,9 +110,8 @@ def load_model_pool(cfg: RunConfig, adapters: Sequence[str] = ()) -> ModelPool:
     """The base model of ``cfg`` plus ``cfg.model.adapter`` and ``adapters`` (DIR or NAME=DIR)."""
     import torch
 
-    from llamaforge.config import DataConfig
     from llamaforge.inference.engine import GenerationEngine, template_for
-    from llamaforge.models import load_model, resolve_model, run_dir_template
+    from llamaforge.models import load_model, resolve_model
 
     model_cfg = dataclasses.replace(cfg.model, adapter=None)
     if (
@@ -141,15 +140,13 @@ def load_model_pool(cfg: RunConfig, adapters: Sequence[str] = ()) -> ModelPool:
         model_cfg.model, engine(template_for(base_cfg)), "default" if own_adapter else None
     )
     requested = [cfg.model.adapter] if cfg.model.adapter else []
-    template_set = cfg.data.template != DataConfig().template
     for arg in [*requested, *adapters]:
         name, directory = parse_adapter(arg)
         name = _unique(name, set(served))
         adapter_name = f"served-{len(served)}"
         model = _attach(model, directory, adapter_name)
-        template = cfg.data.template
-        if not template_set:
-            template = run_dir_template(directory) or template
+        with_adapter = dataclasses.replace(model_cfg, adapter=str(directory))
+        template = template_for(dataclasses.replace(cfg, model=with_adapter))
         served[name] = ServedModel(name, engine(template), adapter_name)
     # Engines were built before the model was wrapped: point them at the final object.
     for item in served.values():

@@ -1,0 +1,123 @@
+"""Fixtures for the serving tests: servers on loopback in a background thread.
+
+``tiny_pool`` serves a 2-layer random Llama (with the real tokenizer) saved as an HF
+directory; ``smollm2_pool`` the real bundled SmolLM2-135M, loaded once per session through a
+fresh GGUF cache under the session tmp dir (never the user's ~/.cache).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from llamaforge.config import GenerationConfig, load_run_config
+from llamaforge.inference.batching import BatchScheduler
+from llamaforge.inference.model_pool import ModelPool, load_model_pool
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on 127.0.0.1:<free port> from a daemon thread."""
+
+    def __init__(self, app, state) -> None:
+        from llamaforge.inference.openai_api import make_server
+
+        self.state = state
+        self.port = free_port()
+        self.server = make_server(app, state, drain_timeout_s=10)
+        self.server.config.host, self.server.config.port = "127.0.0.1", self.port
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        if self.state.scheduler is not None:
+            self.state.scheduler.stop()
+
+
+def serve_pool(
+    pool: ModelPool | None,
+    *,
+    api_key: str | None = None,
+    max_concurrent: int = 32,
+    defaults: GenerationConfig | None = None,
+) -> ServerThread:
+    """A server for ``pool`` (None: stays 'loading') with its own scheduler."""
+    from llamaforge.inference.openai_api import ServerState, create_app
+
+    state = ServerState(defaults or GenerationConfig())
+    if pool is not None:
+        scheduler = BatchScheduler(pool.model, pool.served)
+        scheduler.start()
+        state.set_ready(pool, scheduler)
+    app = create_app(state, api_key=api_key, max_concurrent=max_concurrent)
+    return ServerThread(app, state)
+
+
+@pytest.fixture(scope="session")
+def chatty_model_dir(smollm2_tokenizer, tmp_path_factory) -> Path:
+    """A 2-layer random Llama with large weights (varied greedy tokens) as an HF dir."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        tie_word_embeddings=True,
+        bos_token_id=smollm2_tokenizer.bos_token_id,
+        eos_token_id=smollm2_tokenizer.eos_token_id,
+        pad_token_id=smollm2_tokenizer.pad_token_id,
+    )
+    path = tmp_path_factory.mktemp("chatty")
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pool(chatty_model_dir) -> ModelPool:
+    return load_model_pool(load_run_config(None, (), model=str(chatty_model_dir)))
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Iterator[Path]:
+    """LLAMAFORGE_CACHE pointing at an empty session cache (kept for the whole session)."""
+    root = tmp_path_factory.mktemp("llamaforge-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLAMAFORGE_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="session")
+def smollm2_pool(smollm2_cache) -> ModelPool:
+    return load_model_pool(load_run_config(None, (), model="smollm2-135m"))
