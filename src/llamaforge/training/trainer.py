@@ -38,6 +38,19 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
+# peft methods that prepend their virtual tokens to the input sequence (prefix tuning
+# passes them as past keys/values instead, so the sequence keeps its length).
+_PREPENDING_PEFT_TYPES = ("PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING")
+
+
+def virtual_tokens_prepended(model: nn.Module) -> int:
+    """How many positions a peft prompt-learning model adds in front of every sequence."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or getattr(config, "peft_type", None) not in _PREPENDING_PEFT_TYPES:
+        return 0
+    return int(config.num_virtual_tokens)
+
+
 class TrainedPositionsTrainer(Trainer):
     """Trainer whose loss runs lm_head + cross-entropy only on trained positions.
 
@@ -61,7 +74,9 @@ class TrainedPositionsTrainer(Trainer):
         labels = inputs.pop("labels")  # [B, T]
         # Position t predicts token t+1: keep t where labels[t+1] is trained.
         shifted = labels[:, 1:]
-        keep = F.pad(shifted != -100, (0, 1), value=False)  # [B, T] bool
+        # Prompt tuning's virtual tokens come first in the model's sequence: [B, P + T].
+        virtual = virtual_tokens_prepended(self.accelerator.unwrap_model(model))
+        keep = F.pad(shifted != -100, (virtual, 1), value=False)  # [B, P + T] bool
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # [K, V]
         targets = shifted[shifted != -100]  # [K], same row-major order as `keep`
