@@ -121,3 +121,43 @@ def smollm2_cache(tmp_path_factory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def smollm2_pool(smollm2_cache) -> ModelPool:
     return load_model_pool(load_run_config(None, (), model="smollm2-135m"))
+
+
+class ControlledModel(torch.nn.Module):
+    """Wraps a model: each forward first waits for ``gate`` (set by default), and the
+    forward number ``fail_at`` (1-based) raises, to test 429s, drains and failures."""
+
+    def __init__(self, inner, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_at = fail_at
+        self.calls = 0
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def forward(self, **kwargs):
+        assert self.gate.wait(30), "test gate never opened"
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("boom in /secret/site-packages/model.py")
+        return self.inner(**kwargs)
+
+
+def controlled_pool(pool: ModelPool, fail_at: int | None = None) -> ModelPool:
+    return ModelPool(ControlledModel(pool.model, fail_at), pool.served, pool.context_length)
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """``serve(pool, api_key=..., max_concurrent=...)``: a context manager running a server."""
+    return serve_pool
+
+
+@pytest.fixture(scope="session")
+def controlled():
+    """``controlled(pool, fail_at=None)``: the pool with a gated / failing model."""
+    return controlled_pool

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import socket
 import threading
@@ -160,6 +161,15 @@ def _encode(served: ServedModel, prompt: Any, raw: bool) -> list[int]:
         raise APIError(400, str(e), param="prompt" if raw else "messages") from None
 
 
+# Pydantic names the union member that failed in the error location (prompt.str,
+# stop.list[str]); clients want the field.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none)(\[.*\])?$|\[")
+
+
+def _field_path(loc: Sequence[Any]) -> list[str]:
+    return [str(p) for p in loc if p != "body" and not _UNION_TAG.search(str(p))]
+
+
 def _sse(data: dict[str, Any] | str) -> str:
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     return f"data: {text}\n\n"
@@ -253,13 +263,18 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        problems, params = [], []
+        problems: dict[str, str] = {}
         for err in e.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-            where = ".".join(loc) or "body"
-            params.append(where)
-            problems.append(f"{where}: {err.get('msg', 'invalid value')}")
-        message = "invalid request: " + "; ".join(problems[:5])
+            if err.get("type") == "json_invalid":  # loc is (body, character offset)
+                offset = err.get("loc", ("", "?"))[-1]
+                problems.setdefault("body", f"invalid JSON at character {offset}")
+                continue
+            where = ".".join(_field_path(err.get("loc", ()))) or "body"
+            problems.setdefault(where, err.get("msg", "invalid value"))
+        message = "invalid request: " + "; ".join(
+            f"{k}: {v}" for k, v in list(problems.items())[:5]
+        )
+        params = list(problems)
         return JSONResponse(
             error_body(message, "invalid_request_error", params[0] if params else None),
             status_code=400,
