@@ -287,3 +287,44 @@ def test_interrupted_write_leaves_no_file(tiny_dir, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_gguf(tiny_dir, tmp_path / "x.gguf", type="f32")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rope_scaling_is_written(tiny_llama, smollm2_tokenizer, tmp_path):
+    import gguf
+
+    from llamaforge.export.gguf import write_gguf
+
+    tiny_llama.config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+    write_gguf(tiny_llama, smollm2_tokenizer, tmp_path / "linear.gguf", type="f32")
+    fields = gguf.GGUFReader(str(tmp_path / "linear.gguf")).fields
+    assert fields["llama.rope.scaling.type"].contents() == "linear"
+    assert fields["llama.rope.scaling.factor"].contents() == 2.0
+
+    tiny_llama.config.rope_parameters = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "rope_theta": 5e5,
+    }
+    write_gguf(tiny_llama, smollm2_tokenizer, tmp_path / "llama3.gguf", type="f32")
+    reader = gguf.GGUFReader(str(tmp_path / "llama3.gguf"))
+    factors = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
+    # head_dim 8 → 4 frequencies: the fastest is unscaled, the slowest scaled by the factor
+    assert factors[0] == 1.0 and factors[-1] == 8.0 and len(factors) == 4
+
+
+def test_gguf_base_converts_to_safetensors(exported, tiny_dir, tmp_path, monkeypatch):
+    import json
+
+    from llamaforge.export.merge import convert_model
+
+    monkeypatch.setenv("LLAMAFORGE_CACHE", str(tmp_path / "cache"))
+    _, path = exported("f32")
+    report = convert_model(str(path), tmp_path / "hf")
+    assert report.max_abs_logit_diff == 0.0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
+    diff, _ = _compare(_logits(_source_model(tiny_dir)), _logits(_source_model(tmp_path / "hf")))
+    assert diff < 1e-5

@@ -140,3 +140,11 @@ def run_export_quantize(
             report.positions_checked,
         )
     return 0
+
+
+EXPORTERS = {
+    "merge": run_export_merge,
+    "gguf": run_export_gguf,
+    "quantize": run_export_quantize,
+}
+"""``llamaforge export <name>`` → entry point."""
