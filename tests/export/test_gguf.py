@@ -93,6 +93,7 @@ def test_permutation_is_what_transformers_undoes():
     assert not torch.equal(permute_rotary(weight, 6), weight)
 
 
+@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
 def test_f32_round_trip_is_exact(exported):
     # the report's figures come from reloading the file with transformers' GGUF loader;
     # test_run_directory_with_untied_lora_is_merged checks such a reload independently
@@ -101,6 +102,7 @@ def test_f32_round_trip_is_exact(exported):
     assert report.tensor_types == {"f32": 2 * 9 + 2}  # 9 per block + token_embd + output_norm
 
 
+@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
 def test_written_gguf_loads_through_llamaforge_and_trains_again(
     exported, tiny_dir, tmp_path, monkeypatch
 ):
@@ -126,6 +128,7 @@ def test_written_gguf_loads_through_llamaforge_and_trains_again(
     assert 10.0 < float(loss) < 11.5  # ~ln(49152) = 10.8 for a random model
 
 
+@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
 def test_f16_round_trip(exported):
     # the report's numbers come from reloading the file with transformers' GGUF loader
     report, _ = exported("f16")
@@ -135,6 +138,7 @@ def test_f16_round_trip(exported):
     assert report.size_bytes < exported("f32")[0].size_bytes * 0.6
 
 
+@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
 def test_q8_0_round_trip(exported):
     report, _ = exported("q8_0")
     assert report.top1_agreement >= 0.95 and report.max_abs_logit_diff < 0.1
@@ -154,6 +158,7 @@ def test_low_bit_types_keep_embeddings_at_q8_0_and_norms_at_f32():
     assert _tensor_type("blk.0.attn_q.weight", matrix, "bf16") == "bf16"
 
 
+@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
 def test_metadata(exported, smollm2_tokenizer):
     import gguf
 
@@ -199,6 +204,7 @@ TEXTS = [
 ]
 
 
+@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
 def test_tokenizer_round_trip(exported, smollm2_tokenizer):
     from transformers import AutoTokenizer
 
@@ -211,6 +217,7 @@ def test_tokenizer_round_trip(exported, smollm2_tokenizer):
     assert reread.chat_template == smollm2_tokenizer.chat_template
 
 
+@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
 def test_modelfile(exported):
     report, path = exported("f16")
     assert report.modelfile == path.parent / "Modelfile"
@@ -289,6 +296,7 @@ def test_interrupted_write_leaves_no_file(tiny_dir, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
 def test_rope_scaling_is_written(tiny_llama, smollm2_tokenizer, tmp_path):
     import gguf
 
@@ -315,6 +323,7 @@ def test_rope_scaling_is_written(tiny_llama, smollm2_tokenizer, tmp_path):
     assert factors[0] == 1.0 and factors[-1] == 8.0 and len(factors) == 4
 
 
+@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
 def test_gguf_base_converts_to_safetensors(exported, tiny_dir, tmp_path, monkeypatch):
     import json
 
