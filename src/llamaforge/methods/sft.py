@@ -20,6 +20,7 @@ from transformers import (
     DataCollatorWithFlattening,
     EarlyStoppingCallback,
     PrinterCallback,
+    set_seed,
 )
 
 from llamaforge.adapters.attach import attach_adapter, trainable_summary
@@ -96,25 +97,30 @@ def run_sft(cfg: RunConfig) -> Path:
         import dataclasses
 
         model_cfg = dataclasses.replace(model_cfg, quantization_bit=4)
-    model, tokenizer = load_model(model_cfg, for_training=True)
-
+    # Data first: a missing or malformed dataset fails before the slow model load.
     base_dir = Path(cfg.source).parent if cfg.source else None
     records = load_dataset_records(cfg.data, base_dir=base_dir, seed=cfg.training.seed)
     train_records, val_records = split_validation(records, cfg.data.val_set_size, cfg.training.seed)
+    model, tokenizer = load_model(model_cfg, for_training=True)
     train_set = tokenize_records(train_records, tokenizer, cfg.data)
     val_set = tokenize_records(val_records, tokenizer, cfg.data) if val_records else None
     data_hash = rundir.hash_examples(train_set)
     fingerprint = rundir.run_fingerprint(cfg, data_hash)
     checkpoint = rundir.resolve_resume(run_dir, resume, fingerprint)
 
+    # The Trainer seeds only after the adapter exists; seed its initialisation too, or
+    # LoRA A / prompt embeddings depend on whatever drew random numbers earlier.
+    set_seed(cfg.training.seed)
     model = attach_adapter(
         model, cfg.finetuning, gradient_checkpointing=cfg.training.gradient_checkpointing
     )
     trainable, total = trainable_summary(model)
     world_size = world_size_from_env()
-    args = to_training_arguments(cfg, run_dir, has_eval=val_set is not None, world_size=world_size)
-    check_world_size(args.world_size)
     packing = cfg.data.packing and cfg.finetuning.finetuning not in UNPACKABLE
+    args = to_training_arguments(
+        cfg, run_dir, has_eval=val_set is not None, world_size=world_size, packing=packing
+    )
+    check_world_size(args.world_size)
     collator: Any = (
         DataCollatorWithFlattening()
         if packing

@@ -92,7 +92,7 @@ class TrainedPositionsTrainer(Trainer):
 
 
 def to_training_arguments(
-    cfg: RunConfig, run_dir: Path, *, has_eval: bool, world_size: int
+    cfg: RunConfig, run_dir: Path, *, has_eval: bool, world_size: int, packing: bool = False
 ) -> TrainingArguments:
     """Our TrainingConfig → transformers.TrainingArguments (the only place they meet)."""
     tr = cfg.training
@@ -151,7 +151,9 @@ def to_training_arguments(
         ddp_find_unused_parameters=False if world_size > 1 else None,
         remove_unused_columns=False,
         prediction_loss_only=True,
-        include_num_input_tokens_seen="non_padding",
+        # Packed batches hold no padding and no attention_mask, and "non_padding" would then
+        # drop every token equal to the pad id, which is often EOS / end-of-turn.
+        include_num_input_tokens_seen="all" if packing else "non_padding",
         disable_tqdm=True,  # our RunLogCallback draws the one progress bar
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
