@@ -1,0 +1,88 @@
+"""Fixtures for training tests: a shared model cache, data files, hooks into `run_sft`.
+
+Every test in this directory shares one LLAMAFORGE_CACHE for the session, so the bundled
+model is dequantized once (~30-50 s) however many real-model tests run, and subprocesses
+started by the tests inherit it through the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from training_helpers import OVERFIT_RECORDS, AttachedModel, write_alpaca
+
+
+@pytest.fixture(scope="session")
+def training_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("llamaforge-cache")
+
+
+@pytest.fixture(autouse=True)
+def _use_training_cache(training_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMAFORGE_CACHE", str(training_cache))
+
+
+@pytest.fixture
+def overfit_data(tmp_path: Path) -> Path:
+    return write_alpaca(tmp_path / "overfit.json", OVERFIT_RECORDS)
+
+
+@pytest.fixture
+def capture_attach(monkeypatch: pytest.MonkeyPatch) -> Iterator[AttachedModel]:
+    """Record what `attach_adapter` hands to the trainer inside `run_sft`."""
+    import llamaforge.methods.sft as sft
+
+    captured = AttachedModel()
+    real = sft.attach_adapter
+
+    def attach(model: Any, cfg: Any, **kwargs: Any) -> Any:
+        model = real(model, cfg, **kwargs)
+        captured.model = model
+        for name, param in model.named_parameters():
+            captured.before[name] = param.detach().clone()
+            if param.requires_grad:
+                captured.trainable.add(name)
+        return model
+
+    monkeypatch.setattr(sft, "attach_adapter", attach)
+    yield captured
+
+
+@pytest.fixture
+def record_grads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, torch.Tensor | None]]]:
+    """Per optimizer step, each trainable parameter's gradient just before the optimizer
+    step (None: it got none). The pre-flight estimate's calibration passes don't count."""
+    from transformers import TrainerCallback
+
+    import llamaforge.methods.sft as sft
+
+    steps: list[dict[str, torch.Tensor | None]] = []
+    params: dict[str, torch.nn.Parameter] = {}
+    real_attach = sft.attach_adapter
+    real_trainer = sft.TrainedPositionsTrainer
+
+    class GradRecorder(TrainerCallback):
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any):
+            steps.append(
+                {
+                    name: None if p.grad is None else p.grad.detach().clone()
+                    for name, p in params.items()
+                }
+            )
+
+    def attach(model: Any, cfg: Any, **kwargs: Any) -> Any:
+        model = real_attach(model, cfg, **kwargs)
+        params.update({n: p for n, p in model.named_parameters() if p.requires_grad})
+        return model
+
+    def trainer(*args: Any, **kwargs: Any) -> Any:
+        kwargs["callbacks"] = [GradRecorder(), *kwargs.get("callbacks", [])]
+        return real_trainer(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "attach_adapter", attach)
+    monkeypatch.setattr(sft, "TrainedPositionsTrainer", trainer)
+    yield steps
