@@ -62,3 +62,30 @@ def test_bnb_4bit_on_too_narrow_layers_fails_cleanly(tiny_model_dir, tmp_path):
     with pytest.raises(ExportError, match="use --bits 8"):
         quantize_bnb(tiny_model_dir, tmp_path / "q4", bits=4)
     assert [p.name for p in tmp_path.iterdir() if "q4" in p.name] == []
+
+
+def test_bnb_from_run_directory_merges_first(model64_dir, make_adapter, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = make_adapter(model64_dir, name="run")
+    (run / "config.yaml").write_text(f"model:\n  model: {model64_dir}\n")
+    report = quantize_bnb(run, tmp_path / "q8", bits=8)
+    assert report.merged_adapter == run
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 2]])
+    with torch.no_grad():
+        tuned = (
+            PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(model64_dir, dtype=torch.float32), run
+            )
+            .eval()(input_ids=ids)
+            .logits
+        )
+        base = AutoModelForCausalLM.from_pretrained(model64_dir, dtype=torch.float32)(
+            input_ids=ids
+        ).logits
+        quantized = AutoModelForCausalLM.from_pretrained(tmp_path / "q8", device_map={"": "cpu"})(
+            input_ids=ids
+        ).logits
+    # the 8-bit copy is much closer to base+adapter than to the base: the adapter is in it
+    assert (quantized - tuned).abs().max() < 0.3 * (base - tuned).abs().max()

@@ -102,7 +102,7 @@ def run_export_gguf(
         report.tensor_count,
         kinds,
     )
-    if report.max_abs_logit_diff is not None:
+    if report.max_abs_logit_diff is not None and report.top1_agreement is not None:
         logger.info(
             "verified through transformers' GGUF loader: max |Δlogit| = %.3g, top-1 "
             "agreement %.1f%% over %d positions, tokenizer %s",

@@ -384,7 +384,9 @@ def _verify(
 
 def _source(spec: str, adapter: str | Path | None) -> tuple[Any, Any, Path | None]:
     if adapter is None and is_adapter_dir(spec):
-        adapter, spec = spec, None  # a run directory: its base + its adapter
+        # a run directory: its recorded base + its adapter
+        merged = merge_in_memory(None, spec)
+        return merged.model, merged.tokenizer, Path(spec)
     if adapter is not None:
         merged = merge_in_memory(spec, adapter)
         return merged.model, merged.tokenizer, Path(adapter)
@@ -420,7 +422,7 @@ def export_gguf(
         name = Path(str(model_dir_or_run_dir)).name
         counts = write_gguf(model, tokenizer, staging, type=type, name=name)
         tensor_count = sum(counts.values())
-        result = (None, None, 0, None)
+        result: tuple[float | None, float | None, int, bool | None] = (None, None, 0, None)
         if verify:
             result = _verify(staging, model, tokenizer, type, tensor_count)
         os.replace(staging, output)
@@ -428,7 +430,7 @@ def export_gguf(
         staging.unlink(missing_ok=True)
         raise
     diff, top1, positions, same = result
-    if verify:
+    if diff is not None and top1 is not None:
         logger.info(
             "verified %s: max |Δlogit| = %.3g, top-1 agreement %.1f%%", type, diff, 100 * top1
         )

@@ -78,17 +78,19 @@ def to_bnb_config(bits: int) -> Any:
 def _float_source(spec: str, adapter: str | Path | None, scratch: Path) -> tuple[Path, Any, Any]:
     """(HF directory with float32 weights, source model, tokenizer)."""
     if adapter is None and is_adapter_dir(spec):
-        adapter, spec = spec, None
-    if adapter is not None:
+        merged = merge_in_memory(None, spec)  # a run directory: its recorded base + adapter
+    elif adapter is not None:
         merged = merge_in_memory(spec, adapter)
-        model, tokenizer = merged.model, merged.tokenizer
     else:
         model, tokenizer = load_base(spec)
-    if not (Path(spec or "") / "config.json").is_file() or adapter is not None:
-        # bitsandbytes quantizes while loading, so the source must be on disk first.
-        save_hf_model(model, tokenizer, scratch)
-        return scratch, model, tokenizer
-    return Path(spec), model, tokenizer
+        if (Path(spec) / "config.json").is_file():
+            return Path(spec), model, tokenizer  # already an HF directory of floats
+        merged = None
+    if merged is not None:
+        model, tokenizer = merged.model, merged.tokenizer
+    # bitsandbytes quantizes while loading, so the source must be on disk first.
+    save_hf_model(model, tokenizer, scratch)
+    return scratch, model, tokenizer
 
 
 def quantize_bnb(
@@ -139,7 +141,9 @@ def quantize_bnb(
         max_abs_logit_diff=diff,
         top1_agreement=top1,
         positions_checked=sum(len(p) for p in prompts),
-        merged_adapter=Path(adapter) if adapter else None,
+        merged_adapter=Path(adapter)
+        if adapter
+        else (Path(model_dir_or_run_dir) if is_adapter_dir(model_dir_or_run_dir) else None),
     )
 
 

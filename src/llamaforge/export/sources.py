@@ -233,6 +233,7 @@ def load_base(spec: str) -> tuple[Any, Any]:
     """
     from safetensors import SafetensorError
 
+    load_model: Any
     try:
         from llamaforge.models import load_model
     except ImportError:  # the models package is optional for exports of local files
