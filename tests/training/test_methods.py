@@ -3,6 +3,8 @@ parameters change, and what is saved is what was trained."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -35,7 +37,7 @@ def test_method_lowers_loss_and_changes_only_trainable_parameters(
 
     losses = logged_losses(run_dir)
     assert len(losses) == 6
-    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
     assert losses[-1] < losses[0] * (1 - min_drop), losses
 
     trainable, changed = capture_attach.trainable, capture_attach.changed()
