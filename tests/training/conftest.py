@@ -53,36 +53,40 @@ def capture_attach(monkeypatch: pytest.MonkeyPatch) -> Iterator[AttachedModel]:
 
 
 @pytest.fixture
-def record_grads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, torch.Tensor | None]]]:
+def extra_callbacks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Callbacks appended here join the Trainer that `run_sft` builds."""
+    import llamaforge.methods.sft as sft
+
+    callbacks: list[Any] = []
+    real_trainer = sft.TrainedPositionsTrainer
+
+    def trainer(*args: Any, **kwargs: Any) -> Any:
+        kwargs["callbacks"] = [*callbacks, *kwargs.get("callbacks", [])]
+        return real_trainer(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "TrainedPositionsTrainer", trainer)
+    return callbacks
+
+
+@pytest.fixture
+def record_grads(
+    capture_attach: AttachedModel, extra_callbacks: list[Any]
+) -> list[dict[str, torch.Tensor | None]]:
     """Per optimizer step, each trainable parameter's gradient just before the optimizer
     step (None: it got none). The pre-flight estimate's calibration passes don't count."""
     from transformers import TrainerCallback
 
-    import llamaforge.methods.sft as sft
-
     steps: list[dict[str, torch.Tensor | None]] = []
-    params: dict[str, torch.nn.Parameter] = {}
-    real_attach = sft.attach_adapter
-    real_trainer = sft.TrainedPositionsTrainer
 
     class GradRecorder(TrainerCallback):
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any):
+            params = dict(capture_attach.model.named_parameters())
             steps.append(
                 {
-                    name: None if p.grad is None else p.grad.detach().clone()
-                    for name, p in params.items()
+                    name: None if params[name].grad is None else params[name].grad.clone()
+                    for name in sorted(capture_attach.trainable)
                 }
             )
 
-    def attach(model: Any, cfg: Any, **kwargs: Any) -> Any:
-        model = real_attach(model, cfg, **kwargs)
-        params.update({n: p for n, p in model.named_parameters() if p.requires_grad})
-        return model
-
-    def trainer(*args: Any, **kwargs: Any) -> Any:
-        kwargs["callbacks"] = [GradRecorder(), *kwargs.get("callbacks", [])]
-        return real_trainer(*args, **kwargs)
-
-    monkeypatch.setattr(sft, "attach_adapter", attach)
-    monkeypatch.setattr(sft, "TrainedPositionsTrainer", trainer)
-    yield steps
+    extra_callbacks.append(GradRecorder())
+    return steps
