@@ -35,7 +35,7 @@ from llamaforge.training.callbacks import (
     InterruptCallback,
     RunLogCallback,
 )
-from llamaforge.training.distributed import check_world_size, is_main_process
+from llamaforge.training.distributed import check_launch, check_world_size, is_main_process
 from llamaforge.training.preflight import print_preflight
 from llamaforge.training.summary import write_metadata, write_summary
 from llamaforge.training.trainer import (
@@ -54,6 +54,7 @@ UNPACKABLE = ("prefix", "prompt")
 def check_hardware(cfg: RunConfig) -> None:
     """Fail before loading anything when the method cannot run here."""
     method, precision = cfg.finetuning.finetuning, cfg.training.precision
+    check_launch()
     if (method == "qlora" or cfg.model.quantization_bit) and importlib.util.find_spec(
         "bitsandbytes"
     ) is None:
