@@ -124,12 +124,14 @@ def smollm2_pool(smollm2_cache) -> ModelPool:
 
 
 class ControlledModel(torch.nn.Module):
-    """Wraps a model: each forward first waits for ``gate`` (set by default), and the
-    forward number ``fail_at`` (1-based) raises, to test 429s, drains and failures."""
+    """Wraps a model: each forward first waits for ``gate`` (set by default) and sleeps
+    ``delay_s``, and forward number ``fail_at`` (1-based) raises: for 429s, disconnects and
+    failures at a known pace."""
 
-    def __init__(self, inner, fail_at: int | None = None) -> None:
+    def __init__(self, inner, fail_at: int | None = None, delay_s: float = 0.0) -> None:
         super().__init__()
         self.inner = inner
+        self.delay_s = delay_s
         self.gate = threading.Event()
         self.gate.set()
         self.fail_at = fail_at
@@ -141,14 +143,16 @@ class ControlledModel(torch.nn.Module):
 
     def forward(self, **kwargs):
         assert self.gate.wait(30), "test gate never opened"
+        time.sleep(self.delay_s)
         self.calls += 1
         if self.calls == self.fail_at:
             raise RuntimeError("boom in /secret/site-packages/model.py")
         return self.inner(**kwargs)
 
 
-def controlled_pool(pool: ModelPool, fail_at: int | None = None) -> ModelPool:
-    return ModelPool(ControlledModel(pool.model, fail_at), pool.served, pool.context_length)
+def controlled_pool(pool: ModelPool, fail_at: int | None = None, delay_s: float = 0.0) -> ModelPool:
+    model = ControlledModel(pool.model, fail_at, delay_s)
+    return ModelPool(model, pool.served, pool.context_length)
 
 
 @pytest.fixture(scope="session")
@@ -159,5 +163,6 @@ def serve():
 
 @pytest.fixture(scope="session")
 def controlled():
-    """``controlled(pool, fail_at=None)``: the pool with a gated / failing model."""
+    """``controlled(pool, fail_at=None, delay_s=0)``: the pool with a gated, slowed or
+    failing model."""
     return controlled_pool

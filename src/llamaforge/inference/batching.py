@@ -370,9 +370,8 @@ class BatchScheduler:
     ) -> None:
         if event is not None:
             self._emit(request, event)
-        self.recent.append(
-            FinishedRecord(request.id, request.model, tokens, outcome, request.tokens_at_cancel)
-        )
+        at_cancel = request.tokens_at_cancel if outcome == "cancelled" else None
+        self.recent.append(FinishedRecord(request.id, request.model, tokens, outcome, at_cancel))
         with self._lock:
             self._active -= 1
 
