@@ -1,0 +1,332 @@
+"""Training throughput: the alpaca-lora recipe (a) against llamaforge's default (b).
+
+    python benchmarks/train_throughput.py [--steps 40] [--records PATH]
+
+Both sides train the same model (SmolLM2-135M), LoRA config (r=8 on q/v), records, order,
+cutoff (256), micro-batch (4) and optimizer (AdamW, lr 2e-4) in ONE process, alternating
+steps so that machine noise hits both alike:
+
+(a) alpaca-lora: per-example `datasets.map` tokenization, `DataCollatorForSeq2Seq(
+    pad_to_multiple_of=8)`, fp32, the model's own loss (lm_head + CE on every position);
+(b) llamaforge: batched cached tokenization (`tokenize_records`), padding-free packing
+    (`DataCollatorWithFlattening`), loss on trained positions only
+    (`TrainedPositionsTrainer.compute_loss`), bf16 autocast where the CPU supports it, as `run_sft`.
+
+Peak RSS is measured per side in a fresh subprocess (same steps, same batches). The last
+line printed is one JSON object with the figures and the ratios b/a.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ALPACA = ROOT.parent / "shared" / "data" / "stanford_alpaca" / "alpaca_data.json"
+SAMPLE = ROOT / "examples" / "quickstart" / "train.json"
+CUTOFF, MICRO_BATCH, LR, EVAL_RECORDS = 256, 4, 2e-4, 16
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def matmul_ceiling(dtype: torch.dtype, n: int = 1024, reps: int = 20) -> float:
+    """Measured dense GEMM throughput in GFLOP/s for `dtype` on this machine."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def load_rows(path: Path | None) -> tuple[list[dict[str, str]], str]:
+    source = path or (SHARED_ALPACA if SHARED_ALPACA.is_file() else SAMPLE)
+    return json.loads(source.read_text(encoding="utf-8")), str(source)
+
+
+def recipe_tokenize(rows: list[dict[str, str]], tokenizer: Any) -> list[dict[str, list[int]]]:
+    """alpaca-lora's generate_and_tokenize_prompt, per example through datasets.map."""
+    import datasets
+
+    def prompt(row: dict[str, str]) -> str:
+        template = ALPACA_PROMPT if row["input"] else ALPACA_PROMPT_NO_INPUT
+        return template.format(instruction=row["instruction"], input=row["input"])
+
+    def tokenize(row: dict[str, str]) -> dict[str, list[int]]:
+        full = tokenizer(prompt(row) + row["output"], truncation=True, max_length=CUTOFF)
+        ids = full["input_ids"]
+        if ids[-1] != tokenizer.eos_token_id and len(ids) < CUTOFF:
+            ids = [*ids, tokenizer.eos_token_id]
+        user_len = len(tokenizer(prompt(row), truncation=True, max_length=CUTOFF)["input_ids"])
+        labels = [-100] * user_len + ids[user_len:]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+    mapped = datasets.Dataset.from_list(rows).map(
+        tokenize, remove_columns=["instruction", "input", "output"]
+    )
+    return [dict(x) for x in mapped]
+
+
+def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> dict[str, Any]:
+    """Model, examples, collator and loss function of one side."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    from llamaforge.adapters.attach import attach_adapter
+    from llamaforge.config import load_run_config
+    from llamaforge.data import tokenize_records
+    from llamaforge.data.formats import Conversation, Message
+    from llamaforge.training.trainer import (
+        TrainedPositionsTrainer,
+        resolve_precision,
+        to_training_arguments,
+    )
+
+    cfg = load_run_config(
+        None,
+        [
+            "template=alpaca",
+            f"cutoff_len={CUTOFF}",
+            "lora_target_modules=[q_proj,v_proj]",
+            f"micro_batch_size={MICRO_BATCH}",
+            f"batch_size={MICRO_BATCH}",
+            f"learning_rate={LR}",
+        ],
+    )
+    torch.manual_seed(0)  # identical LoRA initialisation on both sides
+    model = attach_adapter(copy.deepcopy(base), cfg.finetuning)
+    start = time.perf_counter()
+    if side == "a":
+        examples = recipe_tokenize(rows, tokenizer)
+        collator: Any = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+        autocast = torch.autocast("cpu", enabled=False)
+
+        def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return model(**batch).loss
+
+    else:
+        conversations = [
+            Conversation(
+                (Message("user", r["instruction"], r["input"]), Message("assistant", r["output"]))
+            )
+            for r in rows
+        ]
+        with tempfile.TemporaryDirectory() as cache:
+            dataset = tokenize_records(
+                conversations, tokenizer, cfg.data, cache_dir=cache, show_progress=False
+            )
+        examples = [dict(x) for x in dataset]
+        collator = DataCollatorWithFlattening()
+        precision = resolve_precision(cfg.training.precision)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+        with tempfile.TemporaryDirectory() as out:
+            trainer = TrainedPositionsTrainer(
+                model=model,
+                args=to_training_arguments(cfg, Path(out), has_eval=False, world_size=1),
+                train_dataset=examples,
+                data_collator=collator,
+            )
+
+        def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return trainer.compute_loss(model, batch)
+
+    tokenize_s = time.perf_counter() - start
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    return {
+        "model": model,
+        "examples": examples,
+        "collator": collator,
+        "loss_fn": loss_fn,
+        "autocast": autocast,
+        "optimizer": optimizer,
+        "tokenize_s": tokenize_s,
+        "precision": "fp32" if side == "a" else precision,
+    }
+
+
+def train_step(side: dict[str, Any], step: int) -> tuple[int, float]:
+    """One optimizer step on micro-batch `step`; returns (non-pad tokens, seconds)."""
+    features = side["examples"][step * MICRO_BATCH : (step + 1) * MICRO_BATCH]
+    batch = side["collator"](features)
+    tokens = sum(len(f["input_ids"]) for f in features)
+    side["model"].train()
+    start = time.perf_counter()
+    with side["autocast"]:
+        loss = side["loss_fn"](batch)
+    loss.backward()
+    side["optimizer"].step()
+    side["optimizer"].zero_grad(set_to_none=True)
+    return tokens, time.perf_counter() - start
+
+
+def eval_loss(model: Any, batch: dict[str, torch.Tensor]) -> float:
+    """Mean loss over trained tokens of the fixed evaluation batch, fp32, full logits."""
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        return float(model(**batch).loss)
+
+
+def load_base() -> tuple[Any, Any]:
+    from llamaforge.config import ModelConfig
+    from llamaforge.models import load_model
+
+    return load_model(ModelConfig(model="smollm2-135m", dtype="float32"), for_training=True)
+
+
+def memory_only(side_name: str, steps: int, records: Path | None) -> None:
+    """Subprocess mode: train one side, print its peak RSS."""
+    rows, _ = load_rows(records)
+    rows = random.Random(0).sample(rows, min(len(rows), steps * MICRO_BATCH))
+    base, tokenizer = load_base()
+    side = build(side_name, rows, base, tokenizer)
+    del base
+    for step in range(steps):
+        train_step(side, step)
+    print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+def tokenize_full(rows: list[dict[str, str]], tokenizer: Any) -> tuple[float, float, int]:
+    """Our tokenization of every record: cold (empty cache) and warm (cache hit)."""
+    from llamaforge.config import load_run_config
+    from llamaforge.data import tokenize_records
+    from llamaforge.data.formats import Conversation, Message
+
+    cfg = load_run_config(None, ["template=alpaca", f"cutoff_len={CUTOFF}"]).data
+    with tempfile.TemporaryDirectory() as cache:
+        timings = []
+        for _ in range(2):
+            start = time.perf_counter()  # reading records counts too: the cache is keyed on them
+            conversations = [
+                Conversation(
+                    (
+                        Message("user", r["instruction"], r["input"]),
+                        Message("assistant", r["output"]),
+                    )
+                )
+                for r in rows
+            ]
+            tokenize_records(conversations, tokenizer, cfg, cache_dir=cache, show_progress=False)
+            timings.append(time.perf_counter() - start)
+    return timings[0], timings[1], len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--records", type=Path, default=None)
+    parser.add_argument("--memory-only", choices=("a", "b"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_only:
+        memory_only(args.memory_only, min(args.steps, 8), args.records)
+        return
+    fp32, bf16 = matmul_ceiling(torch.float32), matmul_ceiling(torch.bfloat16)
+    print(
+        f"matmul ceilings: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
+    )
+
+    all_rows, source = load_rows(args.records)
+    rng = random.Random(0)
+    rows = rng.sample(all_rows, min(len(all_rows), args.steps * MICRO_BATCH + EVAL_RECORDS))
+    train_rows, eval_rows = rows[EVAL_RECORDS:], rows[:EVAL_RECORDS]
+    print(f"records: {len(train_rows)} train + {len(eval_rows)} eval from {source}")
+
+    base, tokenizer = load_base()
+    n_params = sum(p.numel() for p in base.parameters())
+    sides = {name: build(name, train_rows, base, tokenizer) for name in ("a", "b")}
+    eval_batch = sides["a"]["collator"](recipe_tokenize(eval_rows, tokenizer))
+    del base
+
+    steps = min(args.steps, len(train_rows) // MICRO_BATCH)
+    warmup = 2
+    totals = {name: [0, 0.0, 0] for name in sides}  # tokens, seconds, example tokens for attention
+    for step in range(steps):
+        for name, side in sides.items():
+            tokens, seconds = train_step(side, step)
+            if step >= warmup:
+                totals[name][0] += tokens
+                totals[name][1] += seconds
+        if step % 10 == 0:
+            print(f"step {step}/{steps}", flush=True)
+    losses = {name: eval_loss(side["model"], eval_batch) for name, side in sides.items()}
+
+    # Model FLOPs per token: ≈ 4N for LoRA (forward 2N + input-gradient backward 2N) plus attention.
+    config = sides["a"]["model"].config
+    mean_len = sum(len(e["input_ids"]) for e in sides["b"]["examples"]) / len(
+        sides["b"]["examples"]
+    )
+    flops_per_token = 4 * n_params + 12 * config.num_hidden_layers * config.hidden_size * mean_len
+    tps = {name: tokens / seconds for name, (tokens, seconds, _) in totals.items()}
+    precision_b = sides["b"]["precision"]
+    ceiling_b = bf16 if precision_b == "bf16" else fp32
+    mfu = {
+        "a": tps["a"] * flops_per_token / 1e9 / fp32,
+        "b": tps["b"] * flops_per_token / 1e9 / ceiling_b,
+    }
+    tokenize_sample = {name: side["tokenize_s"] for name, side in sides.items()}
+    del sides
+
+    rss = {}
+    for name in ("a", "b"):
+        command = [sys.executable, __file__, "--memory-only", name, "--steps", str(args.steps)]
+        if args.records:
+            command += ["--records", str(args.records)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        rss[name] = json.loads(out.strip().splitlines()[-1])["peak_rss"]
+
+    tokenize_s, tokenize_cached_s, n_tokenized = tokenize_full(all_rows, tokenizer)
+    print(
+        f"tokens/s: a {tps['a']:.1f}, b {tps['b']:.1f} (ratio {tps['b'] / tps['a']:.2f}); b runs {precision_b}"
+    )
+    print(f"MFU: a {100 * mfu['a']:.1f} % of fp32, b {100 * mfu['b']:.1f} % of {precision_b}")
+    print(
+        f"eval loss after the same {totals['a'][0]} trained tokens: a {losses['a']:.4f}, b {losses['b']:.4f}"
+    )
+    print(f"peak RSS: a {rss['a'] / 2**30:.2f} GiB, b {rss['b'] / 2**30:.2f} GiB")
+    print(f"tokenizing {n_tokenized} records: {tokenize_s:.1f} s, cached {tokenize_cached_s:.2f} s")
+    print(
+        json.dumps(
+            {
+                "tokens_per_s_a": round(tps["a"], 2),
+                "tokens_per_s_b": round(tps["b"], 2),
+                "ratio": round(tps["b"] / tps["a"], 3),
+                "mfu_a": round(mfu["a"], 4),
+                "mfu_b": round(mfu["b"], 4),
+                "precision_b": precision_b,
+                "fp32_gflops": round(fp32, 1),
+                "bf16_gflops": round(bf16, 1),
+                "peak_rss_a": rss["a"],
+                "peak_rss_b": rss["b"],
+                "peak_rss_ratio": round(rss["b"] / rss["a"], 3),
+                "eval_loss_a": round(losses["a"], 5),
+                "eval_loss_b": round(losses["b"], 5),
+                "eval_loss_rel_diff": round((losses["b"] - losses["a"]) / losses["a"], 5),
+                "tokenize_records": n_tokenized,
+                "tokenize_s": round(tokenize_s, 2),
+                "tokenize_cached_s": round(tokenize_cached_s, 3),
+                "recipe_tokenize_sample_s": round(tokenize_sample["a"], 2),
+                "tokenize_sample_s": round(tokenize_sample["b"], 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
