@@ -166,3 +166,20 @@ def controlled():
     """``controlled(pool, fail_at=None, delay_s=0)``: the pool with a gated, slowed or
     failing model."""
     return controlled_pool
+
+
+@pytest.fixture(scope="session")
+def lora_dirs(chatty_model_dir, tmp_path_factory):
+    """Two LoRA adapters with random (non-zero) weights for the chatty model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dirs = []
+    for seed, targets in ((1, ["q_proj", "v_proj"]), (2, ["o_proj", "down_proj"])):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(chatty_model_dir)
+        config = LoraConfig(r=4, lora_alpha=64, target_modules=targets, init_lora_weights=False)
+        path = tmp_path_factory.mktemp(f"lora{seed}")
+        get_peft_model(base, config).save_pretrained(path)
+        dirs.append(path)
+    return dirs

@@ -259,23 +259,6 @@ def test_stop_fails_requests_still_running(tiny_pool, engine):
 # ---------------------------------------------------------------------------- adapters
 
 
-@pytest.fixture(scope="module")
-def lora_dirs(chatty_model_dir, tmp_path_factory):
-    """Two LoRA adapters with random (non-zero) weights for the chatty model."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    dirs = []
-    for seed, targets in ((1, ["q_proj", "v_proj"]), (2, ["o_proj", "down_proj"])):
-        torch.manual_seed(seed)
-        base = AutoModelForCausalLM.from_pretrained(chatty_model_dir)
-        config = LoraConfig(r=4, lora_alpha=64, target_modules=targets, init_lora_weights=False)
-        path = tmp_path_factory.mktemp(f"lora{seed}")
-        get_peft_model(base, config).save_pretrained(path)
-        dirs.append(path)
-    return dirs
-
-
 def test_parse_adapter_names():
     assert parse_adapter("runs/sft-1") == ("sft-1", parse_adapter("runs/sft-1")[1])
     name, path = parse_adapter("alpaca=runs/sft-1")
