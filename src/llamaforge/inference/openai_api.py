@@ -24,28 +24,34 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
-import secrets
 import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from llamaforge.errors import ConfigError, LlamaforgeError
 
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError:  # the CLI prints this instead of a traceback
     raise ConfigError(
         "llamaforge serve needs the serve extra: pip install 'llamaforge[serve]'"
     ) from None
+from llamaforge.inference.api_runtime import (
+    RETRY_AFTER_S,
+    ClosingStream,
+    GateMiddleware,
+    RequestRows,
+    ServerState,
+    sse_event,
+)
 from llamaforge.inference.api_schema import (
     APIError,
     ChatCompletionRequest,
@@ -55,90 +61,19 @@ from llamaforge.inference.api_schema import (
 )
 from llamaforge.inference.batching import (
     BatchScheduler,
-    Event,
     Failed,
     Finished,
-    GenerationRequest,
     TextPiece,
 )
 
 if TYPE_CHECKING:
-    from llamaforge.config import GenerationConfig, RunConfig
+    from llamaforge.config import RunConfig
     from llamaforge.inference.batching import ServedModel
-    from llamaforge.inference.model_pool import ModelPool
 
 logger = logging.getLogger(__name__)
 
-Phase = Literal["loading", "ready", "stopping", "failed"]
-RETRY_AFTER_S = "1"
 # How often a non-streaming handler checks whether its client went away.
 DISCONNECT_POLL_S = 0.25
-
-
-class ServerState:
-    """What the app serves, and where the server is in its life."""
-
-    def __init__(self, defaults: GenerationConfig) -> None:
-        self.phase: Phase = "loading"
-        self.defaults = defaults
-        self.pool: ModelPool | None = None
-        self.scheduler: BatchScheduler | None = None
-        self.in_flight = 0
-        self.error: BaseException | None = None
-        self.created = int(time.time())
-
-    def set_ready(self, pool: ModelPool, scheduler: BatchScheduler) -> None:
-        self.pool, self.scheduler = pool, scheduler
-        if self.phase == "loading":
-            self.phase = "ready"
-
-
-def _gate_error(
-    state: ServerState, headers: dict[str, str], api_key: str | None
-) -> APIError | None:
-    """401 without the right key, 503 unless ready; checked before the body is parsed."""
-    if api_key is not None:
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            token.strip().encode(), api_key.encode()
-        ):
-            return APIError(
-                401,
-                "missing or incorrect API key; send the header 'Authorization: Bearer KEY'",
-                code="invalid_api_key",
-            )
-    if state.phase != "ready":
-        what = "loading the model" if state.phase == "loading" else "shutting down"
-        return APIError(
-            503,
-            f"the server is {what}; retry shortly",
-            type="server_error",
-            code="service_unavailable",
-            headers={"Retry-After": RETRY_AFTER_S},
-        )
-    return None
-
-
-class _Gate:
-    """ASGI middleware applying :func:`_gate_error` to ``/v1/`` routes. (Plain ASGI rather
-    than ``@app.middleware``: BaseHTTPMiddleware buffers streams and hides disconnects.)"""
-
-    def __init__(self, app: Any, state: ServerState, api_key: str | None) -> None:
-        self.app, self.state, self.api_key = app, state, api_key
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            headers = {
-                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
-            }
-            error = _gate_error(self.state, headers, self.api_key)
-            if error is not None:
-                response = JSONResponse(
-                    error.body(), status_code=error.status, headers=error.headers
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _served(state: ServerState, name: str) -> ServedModel:
@@ -170,81 +105,6 @@ def _field_path(loc: Sequence[Any]) -> list[str]:
     return [str(p) for p in loc if p != "body" and not _UNION_TAG.search(str(p))]
 
 
-def _sse(data: dict[str, Any] | str) -> str:
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {text}\n\n"
-
-
-class _Generation:
-    """The rows of one API request in the scheduler, with their events on an asyncio queue."""
-
-    def __init__(
-        self,
-        state: ServerState,
-        served: ServedModel,
-        jobs: Sequence[tuple[list[int], Any]],
-        gen: GenerationConfig,
-        n: int,
-        raw: bool,
-    ) -> None:
-        import dataclasses
-
-        self.loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
-        self.requests: list[GenerationRequest] = []
-        self.prompt_tokens = sum(len(ids) for ids, _ in jobs)
-        stops = served.engine.stop_strings(gen, raw=raw)
-        for ids, prompt in jobs:
-            for j in range(n):
-                index = len(self.requests)
-                row_gen = gen
-                if gen.seed is not None and j:
-                    # n seeded choices differ from each other and are each reproducible.
-                    row_gen = dataclasses.replace(gen, seed=(gen.seed + j) % 2**63)
-                self.requests.append(
-                    GenerationRequest(
-                        model=served.name,
-                        prompt_ids=ids,
-                        gen=row_gen,
-                        stops=stops,
-                        on_event=self._callback(index),
-                        prompt=prompt,
-                        raw=raw,
-                    )
-                )
-        self.state = state
-
-    def _callback(self, index: int) -> Callable[[Event], None]:
-        def deliver(event: Event) -> None:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (index, event))
-
-        return deliver
-
-    def start(self) -> None:
-        assert self.state.scheduler is not None
-        for request in self.requests:
-            self.state.scheduler.submit(request)
-
-    def cancel(self) -> None:
-        for request in self.requests:
-            request.cancel()
-
-
-class _ClosingStream(StreamingResponse):
-    """A streaming response that always runs ``on_close`` (finished, failed, or the
-    client gone), even when the body iterator never started."""
-
-    def __init__(self, content: Any, *, on_close: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._on_close = on_close
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()
-
-
 def create_app(
     state: ServerState,
     *,
@@ -255,7 +115,7 @@ def create_app(
 
     app = FastAPI(title="llamaforge", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llamaforge = state
-    app.add_middleware(_Gate, state=state, api_key=api_key)
+    app.add_middleware(GateMiddleware, state=state, api_key=api_key)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
@@ -317,7 +177,7 @@ def create_app(
     async def get_model(name: str, request: Request) -> dict[str, Any]:
         return model_card(_served(state, name).name)
 
-    def admit(generation: _Generation) -> None:
+    def admit(generation: RequestRows) -> None:
         if state.in_flight >= max_concurrent:
             raise APIError(
                 429,
@@ -329,11 +189,11 @@ def create_app(
         state.in_flight += 1
         generation.start()
 
-    def release(generation: _Generation) -> None:
+    def release(generation: RequestRows) -> None:
         generation.cancel()  # no-op for finished rows
         state.in_flight -= 1
 
-    async def collect(generation: _Generation, request: Request) -> list[Any] | None:
+    async def collect(generation: RequestRows, request: Request) -> list[Any] | None:
         """Every row's result; None if the client went away first."""
         results: list[Any] = [None] * len(generation.requests)
         remaining = len(results)
@@ -363,7 +223,7 @@ def create_app(
     async def respond(
         body: ChatCompletionRequest | CompletionRequest,
         request: Request,
-        generation: _Generation,
+        generation: RequestRows,
         chat: bool,
     ) -> Any:
         admit(generation)
@@ -396,7 +256,7 @@ def create_app(
                 "choices": choices,
                 "usage": usage(generation.prompt_tokens, completion),
             }
-        return _ClosingStream(
+        return ClosingStream(
             stream_events(body, generation, ident, created, chat),
             on_close=lambda: release(generation),
             media_type="text/event-stream",
@@ -405,7 +265,7 @@ def create_app(
 
     async def stream_events(
         body: ChatCompletionRequest | CompletionRequest,
-        generation: _Generation,
+        generation: RequestRows,
         ident: str,
         created: int,
         chat: bool,
@@ -431,24 +291,24 @@ def create_app(
             for i in range(len(generation.requests)):
                 first = chunk(i, "", None)
                 first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-                yield _sse(first)
+                yield sse_event(first)
         remaining = len(generation.requests)
         completion = 0
         while remaining:
             index, event = await generation.events.get()
             if isinstance(event, TextPiece):
-                yield _sse(chunk(index, event.text, None))
+                yield sse_event(chunk(index, event.text, None))
             elif isinstance(event, Finished):
                 remaining -= 1
                 completion += event.result.completion_tokens
-                yield _sse(chunk(index, None, event.result.finish_reason))
+                yield sse_event(chunk(index, None, event.result.finish_reason))
             else:
                 generation.cancel()
-                yield _sse(error_body(event.message, "server_error"))
+                yield sse_event(error_body(event.message, "server_error"))
                 break
         else:
             if with_usage:
-                yield _sse(
+                yield sse_event(
                     {
                         "id": ident,
                         "object": kind,
@@ -458,7 +318,7 @@ def create_app(
                         "usage": usage(generation.prompt_tokens, completion),
                     }
                 )
-        yield _sse("[DONE]")
+        yield sse_event("[DONE]")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -467,7 +327,7 @@ def create_app(
         messages = body.to_messages()
         ids = _encode(served, messages, raw=False)
         gen = _generation(body, ids)
-        generation = _Generation(state, served, [(ids, messages)], gen, body.n, raw=False)
+        generation = RequestRows(state, served, [(ids, messages)], gen, body.n, raw=False)
         return await respond(body, request, generation, chat=True)
 
     @app.post("/v1/completions")
@@ -476,7 +336,7 @@ def create_app(
         body.check_supported()
         jobs = [(_encode(served, p, raw=True), p) for p in body.prompts]
         gen = _generation(body, max(jobs, key=lambda job: len(job[0]))[0])
-        generation = _Generation(state, served, jobs, gen, body.n, raw=True)
+        generation = RequestRows(state, served, jobs, gen, body.n, raw=True)
         return await respond(body, request, generation, chat=False)
 
     def _generation(body: ChatCompletionRequest | CompletionRequest, ids: list[int]) -> Any:
