@@ -25,15 +25,13 @@ import time
 import httpx
 
 SERVER = """
-import sys, torch
-threads = int(sys.argv[3])
-if threads > 0:
-    torch.set_num_threads(threads)
+import sys
 from llamaforge.config import load_run_config
 from llamaforge.inference.openai_api import run_serve
 cfg = load_run_config(None, (), model=sys.argv[1])
+threads = int(sys.argv[3]) or None
 sys.exit(run_serve(cfg, host="127.0.0.1", port=int(sys.argv[2]), api_key=None,
-                   max_concurrent=16, adapters=[]))
+                   max_concurrent=16, adapters=[], threads=threads))
 """
 
 # Open-ended prompts, so that answers tend to use the whole token budget.

@@ -417,10 +417,22 @@ def run_serve(
     max_concurrent: int,
     adapters: list[str],
     drain_timeout_s: float = 120.0,
+    threads: int | None = None,
 ) -> int:
-    """The ``serve`` command: bind, load in the background, serve until SIGTERM/SIGINT."""
+    """The ``serve`` command: bind, load in the background, serve until SIGTERM/SIGINT.
+
+    ``threads``: torch intra-op threads for decoding (default: torch's choice). On a CPU
+    shared with other busy processes, 1 thread is several times faster than an
+    oversubscribed 2 (see benchmarks/serve_throughput.py --threads).
+    """
     if max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         logger.warning(
             "listening on %s without --api-key: anyone who can reach it can use it", host
