@@ -114,6 +114,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _load_config(args, ("model", "dtype"))  # --adapter is a list here, not one adapter
+    from llamaforge.inference.openai_api import run_serve
+
+    return run_serve(
+        cfg,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        max_concurrent=args.max_concurrent,
+        adapters=args.adapter or [],
+        threads=args.threads,
+    )
+
+
+def cmd_webui(args: argparse.Namespace) -> int:
+    cfg = _load_config(args, ("model",))
+    from llamaforge.inference.web_ui import run_webui
+
+    return run_webui(cfg, host=args.host, port=args.port, runs_dir=args.runs_dir)
+
+
 def cmd_export_merge(args: argparse.Namespace) -> int:
     from llamaforge.export.commands import run_export_merge
 
@@ -197,6 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-examples", type=int, default=3)
     p.set_defaults(command_key="data preview", overrides=())
 
+    p = sub.add_parser("serve", help="OpenAI-compatible API server (/v1/chat/completions, ...)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--adapter", action="append", default=None, help="DIR or NAME=DIR (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require this bearer token")
+    p.add_argument("--max-concurrent", type=int, default=32, help="requests beyond get 429")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 helps on busy CPUs)")
+    p.add_argument("--config", help="optional YAML config")
+    p.set_defaults(command_key="serve", overrides=())
+
+    p = sub.add_parser("webui", help="Gradio web UI: chat, train, data preview, export")
+    p.add_argument("--model", default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--config", help="optional YAML config")
+    p.set_defaults(command_key="webui", overrides=())
+
     export = sub.add_parser("export", help="merge, GGUF, quantize").add_subparsers(
         dest="export_command", required=True
     )
@@ -239,6 +281,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "chat": cmd_chat,
     "data preview": cmd_data_preview,
+    "serve": cmd_serve,
+    "webui": cmd_webui,
     "export merge": cmd_export_merge,
     "export gguf": cmd_export_gguf,
     "export quantize": cmd_export_quantize,
