@@ -89,10 +89,9 @@ def test_lora_run_directory_contents(
     assert summary["global_step"] == 6
     assert summary["first_loss"] == log[0]["loss"] and summary["final_loss"] == log[-1]["loss"]
     assert summary["wall_time_s"] > 0
-    # tokens/s is measured from the train-begin callback, wall time around trainer.train().
-    assert summary["tokens_per_s"] == pytest.approx(
-        summary["tokens_trained"] / summary["wall_time_s"], rel=0.5
-    )
+    # tokens/s is timed from the train-begin callback, inside the wall time around
+    # trainer.train(): at least tokens / wall (both rounded to 0.01).
+    assert summary["tokens_per_s"] >= 0.95 * summary["tokens_trained"] / summary["wall_time_s"]
     assert summary["peak_memory_bytes"] > 50 * 2**20
 
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

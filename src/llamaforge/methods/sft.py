@@ -172,15 +172,11 @@ def run_sft(cfg: RunConfig) -> Path:
             "run again with resume_from_checkpoint=auto to continue"
         )
     wall = time.monotonic() - start
+    tokens_per_s = log_callback.tokens_per_second(trainer.state)  # before saving, not after
 
     trainer.save_model(str(run_dir))  # adapter (peft) or full weights, + tokenizer
     if is_main_process():
-        write_summary(
-            run_dir,
-            trainer,
-            wall_s=wall,
-            tokens_per_s=log_callback.tokens_per_second(trainer.state),
-        )
+        write_summary(run_dir, trainer, wall_s=wall, tokens_per_s=tokens_per_s)
         logger.info("run saved to %s", run_dir)
     if cfg.training.predict_with_generate and val_records and is_main_process():
         from llamaforge.evaluation.predict import predict_and_score
