@@ -12,7 +12,8 @@ steps so that machine noise hits both alike:
     (`DataCollatorWithFlattening`), loss on trained positions only
     (`TrainedPositionsTrainer.compute_loss`), bf16 autocast where the CPU supports it, as `run_sft`.
 
-Peak RSS is measured per side in a fresh subprocess (same steps, same batches). The last
+Peak RSS is measured per side in a fresh subprocess (same steps, same batches), as the
+process's resident high-water mark during training (reset after loading). The last
 line printed is one JSON object with the figures and the ratios b/a.
 """
 
@@ -20,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -198,9 +199,17 @@ def memory_only(side_name: str, steps: int, records: Path | None) -> None:
     base, tokenizer = load_base()
     side = build(side_name, rows, base, tokenizer)
     del base
+    gc.collect()
+    # Loading peaks far above training; reset the high-water mark (Linux) so the figure is
+    # the training peak of this side alone.
+    Path("/proc/self/clear_refs").write_text("5")
     for step in range(steps):
         train_step(side, step)
-    print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    status = Path("/proc/self/status").read_text()
+    peak_kib = int(
+        next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]
+    )
+    print(json.dumps({"peak_rss": peak_kib * 1024}))
 
 
 def tokenize_full(rows: list[dict[str, str]], tokenizer: Any) -> tuple[float, float, int]:
