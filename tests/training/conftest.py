@@ -26,6 +26,23 @@ def _use_training_cache(training_cache: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("LLAMAFORGE_CACHE", str(training_cache))
 
 
+@pytest.fixture(scope="session")
+def smollm2_cached(training_cache: Path) -> Path:
+    """The bundled model dequantized into the session cache, before any subprocess needs it.
+
+    Subprocesses that start at once with an empty cache race to build it; at present one
+    can delete the other's finished copy while it loads (models/gguf_cache.py).
+    """
+    from llamaforge.models.gguf_cache import cached_gguf_dir
+    from llamaforge.models.loader import resolve_model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLAMAFORGE_CACHE", str(training_cache))
+        gguf = resolve_model("smollm2-135m").gguf_path
+        assert gguf is not None
+        return cached_gguf_dir(gguf)
+
+
 @pytest.fixture
 def overfit_data(tmp_path: Path) -> Path:
     return write_alpaca(tmp_path / "overfit.json", OVERFIT_RECORDS)

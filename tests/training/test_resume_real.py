@@ -4,6 +4,7 @@ stopped, and ends with the same adapter."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -59,35 +60,47 @@ def train_command(data: Path, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def run(command: list[str]) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+def finish(process: subprocess.Popen[str]) -> None:
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_exactly(tmp_path):
+def test_sigkilled_run_resumes_exactly(tmp_path, smollm2_cached):
     data = write_alpaca(tmp_path / "train.json", RECORDS)
     uninterrupted, killed = tmp_path / "a", tmp_path / "b"
+    # The uninterrupted run goes alongside the other two, one core each: same thread
+    # count everywhere, so the same floating-point sums.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    # B first, killed right after its step-8 checkpoint is marked complete.
-    process = subprocess.Popen(
-        train_command(data, killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    marker = killed / "checkpoint-8" / CHECKPOINT_MARKER
-    deadline = time.monotonic() + 400
+    def start(command: list[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+
+    victim = start(train_command(data, killed))
+    reference = start(train_command(data, uninterrupted))
     try:
-        while not marker.is_file():
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint-8 in time"
-            time.sleep(0.05)
-    finally:
-        process.kill()  # SIGKILL: no handler, no final save
-        process.communicate()
-    assert not (killed / "summary.json").exists()
-    assert not (killed / "checkpoint-12" / CHECKPOINT_MARKER).exists()
+        # Kill B right after its step-8 checkpoint is marked complete.
+        marker = killed / "checkpoint-8" / CHECKPOINT_MARKER
+        deadline = time.monotonic() + 500
+        try:
+            while not marker.is_file():
+                assert victim.poll() is None, victim.communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "no checkpoint-8 in time"
+                time.sleep(0.05)
+        finally:
+            victim.kill()  # SIGKILL: no handler, no final save
+            victim.communicate()
+        assert not (killed / "summary.json").exists()
+        assert not (killed / "checkpoint-12" / CHECKPOINT_MARKER).exists()
 
-    run(train_command(data, killed, "resume_from_checkpoint=auto"))
-    run(train_command(data, uninterrupted))
+        finish(start(train_command(data, killed, "resume_from_checkpoint=auto")))
+        finish(reference)
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.communicate()
 
     expected, resumed = read_log(uninterrupted), read_log(killed)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
