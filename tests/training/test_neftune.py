@@ -21,18 +21,30 @@ def test_neftune_noise_only_in_training_mode(
 ):
     from transformers import TrainerCallback
 
-    seen: dict[str, Any] = {}
+    seen: dict[str, Any] = {"training": [], "probing": False}
+
+    def record(module: Any, inputs: Any, output: torch.Tensor) -> None:
+        # Runs after NEFTune's hook (registered earlier, in train()): sees the noisy output.
+        if seen["probing"]:
+            return
+        (ids,) = inputs
+        seen["training"].append((ids.shape, (output - F.embedding(ids, module.weight)).detach()))
 
     class Probe(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any, **kwargs: Any):
+            seen["handle"] = model.get_input_embeddings().register_forward_hook(record)
+
         def on_step_begin(self, args: Any, state: Any, control: Any, model: Any, **kwargs: Any):
             embeddings = model.get_input_embeddings()
             clean = F.embedding(IDS, embeddings.weight).detach()
             assert embeddings.training
+            seen["probing"] = True
             with torch.no_grad():
                 first, second = embeddings(IDS), embeddings(IDS)
                 embeddings.eval()
                 evaluated = embeddings(IDS)
                 embeddings.train()
+            seen["probing"] = False
             seen.update(clean=clean, first=first, second=second, evaluated=evaluated)
 
     extra_callbacks.append(Probe())
@@ -50,6 +62,14 @@ def test_neftune_noise_only_in_training_mode(
         assert noise.max() <= bound * (1 + 1e-5)
         assert noise.mean() > bound / 4  # uniform on [-bound, bound]: mean |noise| = bound / 2
     assert torch.equal(seen["evaluated"], clean)
+
+    # The training forward itself: 4 examples padded to one length, not one packed row, so
+    # the noise bound alpha / sqrt(L * d) is the per-example one NEFTune prescribes.
+    seen.pop("handle").remove()
+    shape, noise = seen["training"][-1]
+    assert shape[0] == 4 and shape[1] < 60  # packed, the row would be ~4 times longer
+    bound = ALPHA / math.sqrt(shape[1] * noise.shape[-1])
+    assert bound / 4 < noise.abs().mean() and noise.abs().max() <= bound * (1 + 1e-5)
 
     # After training the hook is gone: the saved/returned model embeds cleanly even in train mode.
     embeddings = capture_attach.model.get_input_embeddings()

@@ -118,6 +118,11 @@ def run_sft(cfg: RunConfig) -> Path:
     trainable, total = trainable_summary(model)
     world_size = world_size_from_env()
     packing = cfg.data.packing and cfg.finetuning.finetuning not in UNPACKABLE
+    if packing and cfg.training.neftune_noise_alpha is not None:
+        # transformers scales NEFTune noise by the row length, alpha / sqrt(L * d): in a
+        # packed row of n examples each would get sqrt(n) times too little (transformers#34659).
+        logger.warning("neftune_noise_alpha is set: packing off so noise scales per example")
+        packing = False
     args = to_training_arguments(
         cfg, run_dir, has_eval=val_set is not None, world_size=world_size, packing=packing
     )
