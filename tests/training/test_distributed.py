@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 from safetensors.torch import load_file
 from training_helpers import read_log, write_alpaca
+
+from llamaforge.cli import main
 
 # Tolerance: both runs see the same examples in each step (accelerate hands rank r the
 # micro-batches r, r+2, ... of the one seeded order, the single process accumulates the
@@ -45,12 +46,14 @@ def test_two_process_run_matches_one_process(tiny_model_dir, tmp_path):
         "save_steps=1000",
     ]
     single, parallel = tmp_path / "single", tmp_path / "parallel"
-    for command in (
-        [sys.executable, "-m", "llamaforge", *args, f"output_dir={single}"],
+    assert main([*args, f"output_dir={single}"]) == 0
+    done = subprocess.run(
         ["torchrun", "--nproc_per_node", "2", "-m", "llamaforge", *args, f"output_dir={parallel}"],
-    ):
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
     assert json.loads((parallel / "run_metadata.json").read_text())["world_size"] == 2
     one, two = read_log(single), read_log(parallel)

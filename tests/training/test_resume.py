@@ -5,6 +5,7 @@ model, killed with SIGKILL: test_resume_real.py.)"""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -133,6 +134,32 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_130(tiny_model_dir, over
     run_sft(cfg)
     assert [r["step"] for r in read_log(run_dir)] == list(range(1, step + 3))
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == step + 2
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(
+    tiny_model_dir, overfit_data, tmp_path, extra_callbacks, capsys
+):
+    from transformers import TrainerCallback
+
+    class PressCtrlC(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:  # during step 3
+                os.kill(os.getpid(), signal.SIGINT)
+
+    extra_callbacks.append(PressCtrlC())
+    run_dir = tmp_path / "run"
+    args = cli_args(tiny_model_dir, overfit_data, run_dir, "max_steps=50", "save_steps=1000")
+    assert main(args) == 130
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(f"error: interrupted: checkpoint-3 saved in {run_dir}")
+    )
+    assert (run_dir / "checkpoint-3" / CHECKPOINT_MARKER).is_file()
+    assert [r["step"] for r in read_log(run_dir)] == [1, 2, 3]
+    # The handler is restored: a later Ctrl-C interrupts as usual.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_resume_without_checkpoint_starts_fresh_in_an_empty_dir(
