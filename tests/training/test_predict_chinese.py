@@ -42,6 +42,7 @@ def test_scores_average_over_examples_and_handle_english():
     }
 
 
+@pytest.mark.slow
 def test_chinese_record_trains_and_its_prediction_is_scored(tiny_model_dir, tmp_path):
     record = {"instruction": "中国的首都是哪里？", "input": "", "output": "北京是中国的首都。"}
     # Five copies: val_set_size=1 holds one out, the model overfits the other four.

@@ -90,6 +90,7 @@ def test_resume_continues_with_resumable_changes_and_ignores_unmarked_checkpoint
         assert ours["loss"] == theirs["loss"] and ours["learning_rate"] == theirs["learning_rate"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_130(tiny_model_dir, overfit_data, tmp_path):
     run_dir = tmp_path / "run"
     args = cli_args(tiny_model_dir, overfit_data, run_dir, "max_steps=100000", "save_steps=1000")
