@@ -134,6 +134,8 @@ def cached_gguf_dir(path: Path) -> Path:
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
     try:
         _write_dequantized(path, tmp)
+        if _is_complete(target):
+            return target  # another process finished the same entry while we worked
         if target.exists():  # an incomplete leftover (never ours: we rename whole dirs)
             shutil.rmtree(target, ignore_errors=True)
         try:
