@@ -84,6 +84,10 @@ def test_chat_streams_the_reply(page):
     number = page.locator("#chat-temperature input[type=number]")
     number.fill("0")
     number.press("Enter")
+    number.blur()
+    # Gradio sends the new value to the server asynchronously; on a loaded machine a message
+    # sent at once could still be answered with the default (sampling) temperature.
+    page.wait_for_timeout(2000)
     fill(page, "chat-input", "What is the capital of France?")
     page.press("#chat-input textarea", "Enter")
     bot = page.locator("#chatbot [data-testid='bot']").last
