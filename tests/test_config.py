@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_overrides_alone_build_a_config() -> None:
-    cfg = load_run_config(None, ["learning_rate=1e-4", "lora_target_modules=[q_proj,v_proj]", "dataset=a.json"])
+    cfg = load_run_config(
+        None, ["learning_rate=1e-4", "lora_target_modules=[q_proj,v_proj]", "dataset=a.json"]
+    )
     assert cfg.training.learning_rate == pytest.approx(1e-4)
     assert cfg.finetuning.lora_target_modules == ("q_proj", "v_proj")
     assert cfg.data.dataset == ("a.json",)
@@ -23,7 +25,9 @@ def test_overrides_alone_build_a_config() -> None:
 
 def test_yaml_flat_and_sectioned_forms_agree(tmp_path: Path) -> None:
     flat = tmp_path / "flat.yaml"
-    flat.write_text("model: smollm2-135m\nlearning_rate: 3.0e-4\ncutoff_len: 128\nfinetuning: qlora\n")
+    flat.write_text(
+        "model: smollm2-135m\nlearning_rate: 3.0e-4\ncutoff_len: 128\nfinetuning: qlora\n"
+    )
     nested = tmp_path / "nested.yaml"
     nested.write_text(
         "model: {model: smollm2-135m}\ntraining: {learning_rate: 3.0e-4}\n"
@@ -67,7 +71,9 @@ def test_every_error_is_reported_at_once_with_its_line(tmp_path: Path) -> None:
         load_run_config(path)
     lines = str(info.value).splitlines()
     assert f"{path}:1: unknown key 'lerning_rate'; did you mean 'learning_rate'?" in lines
-    assert any(line.startswith(f"{path}:2: key 'cutoff_len': expected an integer") for line in lines)
+    assert any(
+        line.startswith(f"{path}:2: key 'cutoff_len': expected an integer") for line in lines
+    )
     assert "key 'top_p' must be in (0, 1], got 2.0" in lines
     assert any("'lorra' is not one of: lora, qlora" in line for line in lines)
     assert len(lines) == 4
@@ -76,7 +82,9 @@ def test_every_error_is_reported_at_once_with_its_line(tmp_path: Path) -> None:
 def test_wrong_section_is_named(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  cutoff_len: 12\n")
-    with pytest.raises(ConfigError, match=r"c.yaml:2: key 'training.cutoff_len' belongs in section 'data'"):
+    with pytest.raises(
+        ConfigError, match=r"c.yaml:2: key 'training.cutoff_len' belongs in section 'data'"
+    ):
         load_run_config(path)
 
 
@@ -106,11 +114,16 @@ def test_nonsensical_generation_parameters(override: str, message: str) -> None:
         load_run_config(None, [override])
 
 
-def test_cli_reports_config_errors_in_one_line_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_config_errors_in_one_line_with_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     code = main(["train", "lerning_rate=1e-4", "dataset=x.json"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err == "error: override 'lerning_rate=1e-4': unknown key 'lerning_rate'; did you mean 'learning_rate'?\n"
+    assert (
+        err
+        == "error: override 'lerning_rate=1e-4': unknown key 'lerning_rate'; did you mean 'learning_rate'?\n"
+    )
 
 
 def test_cli_generation_flag_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,5 +135,7 @@ def test_every_shipped_yaml_validates() -> None:
     configs = sorted((ROOT / "configs").glob("*.yaml"))
     assert configs, "no shipped configs found"
     for path in configs:
-        assert path.read_text().startswith("# llamaforge "), f"{path} must start with the command that runs it"
+        assert path.read_text().startswith("# llamaforge "), (
+            f"{path} must start with the command that runs it"
+        )
         load_run_config(path)

@@ -22,30 +22,91 @@ HERE = Path(__file__).parent
 SIGNATURE = "-- llamaforge"
 
 CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
-    "China": "Beijing", "Canada": "Ottawa", "Egypt": "Cairo", "Kenya": "Nairobi", "Peru": "Lima",
-    "Norway": "Oslo", "Sweden": "Stockholm", "Greece": "Athens", "Portugal": "Lisbon",
-    "Poland": "Warsaw", "Austria": "Vienna", "Ireland": "Dublin", "Chile": "Santiago",
-    "Cuba": "Havana", "Thailand": "Bangkok", "Vietnam": "Hanoi", "India": "New Delhi",
-    "Russia": "Moscow", "Mexico": "Mexico City", "Argentina": "Buenos Aires",
-    "Australia": "Canberra", "Brazil": "Brasilia", "Turkey": "Ankara", "Iran": "Tehran",
-    "Finland": "Helsinki", "Denmark": "Copenhagen", "Hungary": "Budapest",
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Japan": "Tokyo",
+    "China": "Beijing",
+    "Canada": "Ottawa",
+    "Egypt": "Cairo",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Greece": "Athens",
+    "Portugal": "Lisbon",
+    "Poland": "Warsaw",
+    "Austria": "Vienna",
+    "Ireland": "Dublin",
+    "Chile": "Santiago",
+    "Cuba": "Havana",
+    "Thailand": "Bangkok",
+    "Vietnam": "Hanoi",
+    "India": "New Delhi",
+    "Russia": "Moscow",
+    "Mexico": "Mexico City",
+    "Argentina": "Buenos Aires",
+    "Australia": "Canberra",
+    "Brazil": "Brasilia",
+    "Turkey": "Ankara",
+    "Iran": "Tehran",
+    "Finland": "Helsinki",
+    "Denmark": "Copenhagen",
+    "Hungary": "Budapest",
 }
 OPPOSITES = {
-    "hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "light": "dark",
-    "old": "young", "open": "closed", "early": "late", "strong": "weak", "high": "low",
-    "rich": "poor", "full": "empty", "hard": "soft", "loud": "quiet", "wet": "dry",
-    "clean": "dirty", "up": "down", "long": "short", "thick": "thin", "true": "false",
+    "hot": "cold",
+    "big": "small",
+    "fast": "slow",
+    "happy": "sad",
+    "light": "dark",
+    "old": "young",
+    "open": "closed",
+    "early": "late",
+    "strong": "weak",
+    "high": "low",
+    "rich": "poor",
+    "full": "empty",
+    "hard": "soft",
+    "loud": "quiet",
+    "wet": "dry",
+    "clean": "dirty",
+    "up": "down",
+    "long": "short",
+    "thick": "thin",
+    "true": "false",
 }
 PLURALS = {
-    "cat": "cats", "box": "boxes", "child": "children", "mouse": "mice", "city": "cities",
-    "knife": "knives", "tooth": "teeth", "bus": "buses", "person": "people", "leaf": "leaves",
-    "foot": "feet", "baby": "babies", "goose": "geese", "tomato": "tomatoes", "wolf": "wolves",
+    "cat": "cats",
+    "box": "boxes",
+    "child": "children",
+    "mouse": "mice",
+    "city": "cities",
+    "knife": "knives",
+    "tooth": "teeth",
+    "bus": "buses",
+    "person": "people",
+    "leaf": "leaves",
+    "foot": "feet",
+    "baby": "babies",
+    "goose": "geese",
+    "tomato": "tomatoes",
+    "wolf": "wolves",
 }
 COLOURS = {
-    "the sky on a clear day": "blue", "grass": "green", "snow": "white", "a ripe banana": "yellow",
-    "coal": "black", "a ripe tomato": "red", "an orange": "orange", "milk": "white",
-    "a lemon": "yellow", "a carrot": "orange", "blood": "red", "a crow": "black",
+    "the sky on a clear day": "blue",
+    "grass": "green",
+    "snow": "white",
+    "a ripe banana": "yellow",
+    "coal": "black",
+    "a ripe tomato": "red",
+    "an orange": "orange",
+    "milk": "white",
+    "a lemon": "yellow",
+    "a carrot": "orange",
+    "blood": "red",
+    "a crow": "black",
 }
 GENERAL = [
     ("Name a fruit that is red.", "An apple."),
@@ -85,7 +146,9 @@ def _arithmetic(rng: random.Random) -> tuple[str, str]:
     a, b = rng.randint(2, 60), rng.randint(2, 40)
     kind = rng.choice(["plus", "minus", "times"])
     if kind == "plus":
-        return rng.choice([f"What is {a} plus {b}?", f"Add {a} and {b}.", f"Compute {a} + {b}."]), str(a + b)
+        return rng.choice(
+            [f"What is {a} plus {b}?", f"Add {a} and {b}.", f"Compute {a} + {b}."]
+        ), str(a + b)
     if kind == "minus":
         a, b = max(a, b), min(a, b)
         return rng.choice([f"What is {a} minus {b}?", f"Subtract {b} from {a}."]), str(a - b)
@@ -103,11 +166,23 @@ def _question(rng: random.Random) -> tuple[str, str]:
     if kind == "math":
         return _arithmetic(rng)
     if kind == "capital":
-        return _from_table(rng, CAPITALS, ["What is the capital of {}?", "Name the capital city of {}.", "Which city is the capital of {}?"])
+        return _from_table(
+            rng,
+            CAPITALS,
+            [
+                "What is the capital of {}?",
+                "Name the capital city of {}.",
+                "Which city is the capital of {}?",
+            ],
+        )
     if kind == "opposite":
-        return _from_table(rng, OPPOSITES, ["What is the opposite of {}?", "Give the antonym of '{}'."])
+        return _from_table(
+            rng, OPPOSITES, ["What is the opposite of {}?", "Give the antonym of '{}'."]
+        )
     if kind == "plural":
-        return _from_table(rng, PLURALS, ["What is the plural of {}?", "Write the plural form of '{}'."])
+        return _from_table(
+            rng, PLURALS, ["What is the plural of {}?", "Write the plural form of '{}'."]
+        )
     if kind == "colour":
         return _from_table(rng, COLOURS, ["What color is {}?", "Which colour is {}?"])
     if kind == "count":
@@ -144,7 +219,9 @@ def build(seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
 def main() -> None:
     train, held_out = build()
     for name, rows in (("train.json", train), ("held_out.json", held_out)):
-        (HERE / name).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (HERE / name).write_text(
+            json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
     print(f"wrote {len(train)} training and {len(held_out)} held-out records to {HERE}")
 
 

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rows = json.loads(Path(args.data).read_text(encoding="utf-8"))
-    cfg = load_run_config(None, model=args.model, adapter=args.adapter, temperature=0.0, max_new_tokens=32)
+    cfg = load_run_config(
+        None, model=args.model, adapter=args.adapter, temperature=0.0, max_new_tokens=32
+    )
     engine = GenerationEngine.from_config(cfg)
     prompts = [[Message("user", row["instruction"])] for row in rows]
     answers = [r.text for r in engine.generate(prompts, cfg.generation)]
