@@ -26,26 +26,38 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
 
 
-@pytest.fixture
-def tiny_llama(smollm2_tokenizer):
-    """A 2-layer random Llama sharing the bundled tokenizer's vocabulary (GQA, tied)."""
+def build_tiny_llama(tokenizer, *, initializer_range: float = 0.02, max_positions: int = 512):
+    """A 2-layer random Llama sharing `tokenizer`'s vocabulary (GQA, tied), seeded."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
+        vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
+        initializer_range=initializer_range,
         tie_word_embeddings=True,
-        bos_token_id=smollm2_tokenizer.bos_token_id,
-        eos_token_id=smollm2_tokenizer.eos_token_id,
-        pad_token_id=smollm2_tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama(smollm2_tokenizer):
+    """Factory for tiny Llamas on the bundled vocabulary (keyword options of build_tiny_llama)."""
+    return lambda **options: build_tiny_llama(smollm2_tokenizer, **options)
+
+
+@pytest.fixture
+def tiny_llama(make_tiny_llama):
+    """A 2-layer random Llama sharing the bundled tokenizer's vocabulary (GQA, tied)."""
+    return make_tiny_llama()
 
 
 @pytest.fixture

@@ -10,33 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from llamaforge.inference import GenerationEngine
 
 
 @pytest.fixture(scope="session")
-def chatty_llama(smollm2_tokenizer):
+def chatty_llama(make_tiny_llama):
     """Like tiny_llama but with larger random weights: greedy decoding produces varied
     tokens instead of repeating one, so padding or stopping bugs change the output."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.3,
-        tie_word_embeddings=True,
-        bos_token_id=smollm2_tokenizer.bos_token_id,
-        eos_token_id=smollm2_tokenizer.eos_token_id,
-        pad_token_id=smollm2_tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    return make_tiny_llama(initializer_range=0.3)
 
 
 @pytest.fixture

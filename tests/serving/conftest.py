@@ -79,27 +79,10 @@ def serve_pool(
 
 
 @pytest.fixture(scope="session")
-def chatty_model_dir(smollm2_tokenizer, tmp_path_factory) -> Path:
+def chatty_model_dir(make_tiny_llama, smollm2_tokenizer, tmp_path_factory) -> Path:
     """A 2-layer random Llama with large weights (varied greedy tokens) as an HF dir."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.3,
-        tie_word_embeddings=True,
-        bos_token_id=smollm2_tokenizer.bos_token_id,
-        eos_token_id=smollm2_tokenizer.eos_token_id,
-        pad_token_id=smollm2_tokenizer.pad_token_id,
-    )
     path = tmp_path_factory.mktemp("chatty")
-    LlamaForCausalLM(config).eval().save_pretrained(path)
+    make_tiny_llama(initializer_range=0.3, max_positions=256).save_pretrained(path)
     smollm2_tokenizer.save_pretrained(path)
     return path
 
