@@ -9,7 +9,7 @@ steps so that machine noise hits both alike:
 (a) alpaca-lora: per-example `datasets.map` tokenization, `DataCollatorForSeq2Seq(
     pad_to_multiple_of=8)`, fp32, the model's own loss (lm_head + CE on every position);
 (b) llamaforge: batched cached tokenization (`tokenize_records`), padding-free packing
-    (`DataCollatorWithFlattening`), loss on trained positions only
+    (`DataCollatorWithFlattening` + per-example attention), loss on trained positions only
     (`TrainedPositionsTrainer.compute_loss`), bf16 autocast where the CPU supports it, as `run_sft`.
 
 Peak RSS is measured per side in a fresh subprocess (same steps, same batches), as the
@@ -89,12 +89,13 @@ def recipe_tokenize(rows: list[dict[str, str]], tokenizer: Any) -> list[dict[str
 
 def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> dict[str, Any]:
     """Model, examples, collator and loss function of one side."""
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+    from transformers import DataCollatorForSeq2Seq
 
     from llamaforge.adapters.attach import attach_adapter
     from llamaforge.config import load_run_config
     from llamaforge.data import tokenize_records
     from llamaforge.data.formats import Conversation, Message
+    from llamaforge.training.packing import packing_collator, use_packed_attention
     from llamaforge.training.trainer import (
         TrainedPositionsTrainer,
         resolve_precision,
@@ -112,8 +113,11 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
             f"learning_rate={LR}",
         ],
     )
+    model = copy.deepcopy(base)
+    if side == "b":
+        use_packed_attention(model)
     torch.manual_seed(0)  # identical LoRA initialisation on both sides
-    model = attach_adapter(copy.deepcopy(base), cfg.finetuning)
+    model = attach_adapter(model, cfg.finetuning)
     start = time.perf_counter()
     if side == "a":
         examples = recipe_tokenize(rows, tokenizer)
@@ -135,7 +139,7 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
                 conversations, tokenizer, cfg.data, cache_dir=cache, show_progress=False
             )
         examples = [dict(x) for x in dataset]
-        collator = DataCollatorWithFlattening()
+        collator = packing_collator()
         precision = resolve_precision(cfg.training.precision)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
         with tempfile.TemporaryDirectory() as out:

@@ -1,5 +1,6 @@
 """TrainedPositionsTrainer.compute_loss: packed == padded == the model's own loss, and no
-example in a packed row sees another."""
+example in a packed row sees another — with transformers' sdpa (block-diagonal mask) and with
+our per-example packed attention (training/packing.py), which training uses."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from training_helpers import OVERFIT_RECORDS
 from llamaforge.config.sections import DataConfig
 from llamaforge.data import tokenize_records
 from llamaforge.data.formats import read_records
+from llamaforge.training.packing import packing_collator, use_packed_attention
 from llamaforge.training.trainer import TrainedPositionsTrainer
 
 RECORDS = [
@@ -18,25 +20,15 @@ RECORDS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def peaked_llama(smollm2_tokenizer):
+@pytest.fixture(scope="module", params=["sdpa", "packed"])
+def peaked_llama(request, make_tiny_llama):
     """A tiny random Llama with large weights: its logits are far from uniform, so one
-    example attending to another changes the loss visibly (tiny_llama's barely move)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.3,
-        tie_word_embeddings=True,
-        pad_token_id=smollm2_tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    example attending to another changes the loss visibly (tiny_llama's barely move).
+    Runs once with transformers' sdpa and once with our per-example packed attention."""
+    model = make_tiny_llama(initializer_range=0.3)
+    if request.param == "packed":
+        assert use_packed_attention(model)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +53,10 @@ def trainer(peaked_llama, tmp_path_factory):
 
 
 def collate(features, tokenizer, packed: bool) -> dict[str, torch.Tensor]:
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+    from transformers import DataCollatorForSeq2Seq
 
     if packed:
-        return DataCollatorWithFlattening()(features)
+        return packing_collator()(features)
     return DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, label_pad_token_id=-100)(
         features
     )
@@ -88,7 +80,8 @@ def test_packed_loss_equals_padded_loss_equals_model_loss(
 
     # The same packed row under a plain causal mask (examples see each other) gives another
     # loss: the comparison above would catch a missing block-diagonal mask.
-    leaky = dict(packed, attention_mask=torch.ones_like(packed["input_ids"]))
+    leaky = {key: packed[key] for key in ("input_ids", "labels", "position_ids")}
+    leaky["attention_mask"] = torch.ones_like(packed["input_ids"])
     with torch.no_grad():
         loss_leaky = trainer.compute_loss(peaked_llama, leaky).item()
     assert abs(loss_leaky - loss_packed) > 1e-3 * loss_packed
@@ -98,17 +91,19 @@ def test_no_example_attends_to_another_in_a_packed_row(peaked_llama, features, s
     packed = collate(features, smollm2_tokenizer, packed=True)
     first_len = len(features[0]["input_ids"])
     second = slice(first_len, first_len + len(features[1]["input_ids"]))
-    changed = {k: v.clone() for k, v in packed.items()}
+    changed = {k: v.clone() if torch.is_tensor(v) else v for k, v in packed.items()}
     # New tokens for example 1, except its BOS/<|im_start|> prefix.
     changed["input_ids"][0, 2:first_len] = torch.randint(
         100, 1000, (first_len - 2,), generator=torch.Generator().manual_seed(0)
     )
+    # use_cache=False as in training: with a cache transformers' sdpa path builds no
+    # block-diagonal mask (ours needs none).
     with torch.no_grad():
         before = peaked_llama(
-            input_ids=packed["input_ids"], position_ids=packed["position_ids"]
+            **{k: v for k, v in packed.items() if k != "labels"}, use_cache=False
         ).logits[0]
         after = peaked_llama(
-            input_ids=changed["input_ids"], position_ids=changed["position_ids"]
+            **{k: v for k, v in changed.items() if k != "labels"}, use_cache=False
         ).logits[0]
     assert not torch.allclose(before[:first_len], after[:first_len])
     torch.testing.assert_close(after[second], before[second], rtol=0, atol=1e-5)

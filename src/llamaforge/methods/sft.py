@@ -2,8 +2,8 @@
 
 Built on transformers' Trainer (see training/trainer.py for the one thing we add: loss on
 trained positions only) with transformers' `DataCollatorWithFlattening` for padding-free
-packing: each micro-batch becomes one row, position ids restart per example and
-transformers builds a block-diagonal causal mask, so no example attends to another.
+packing: each micro-batch becomes one row, position ids restart per example and attention
+runs causally within each example (training/packing.py), so no example attends to another.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from transformers import (
     DataCollatorForSeq2Seq,
-    DataCollatorWithFlattening,
     EarlyStoppingCallback,
     PrinterCallback,
     set_seed,
@@ -36,6 +35,7 @@ from llamaforge.training.callbacks import (
     RunLogCallback,
 )
 from llamaforge.training.distributed import check_launch, check_world_size, is_main_process
+from llamaforge.training.packing import packing_collator, use_packed_attention
 from llamaforge.training.preflight import print_preflight
 from llamaforge.training.summary import write_metadata, write_summary
 from llamaforge.training.trainer import (
@@ -111,24 +111,26 @@ def run_sft(cfg: RunConfig) -> Path:
 
     # The Trainer seeds only after the adapter exists; seed its initialisation too, or
     # LoRA A / prompt embeddings depend on whatever drew random numbers earlier.
-    set_seed(cfg.training.seed)
-    model = attach_adapter(
-        model, cfg.finetuning, gradient_checkpointing=cfg.training.gradient_checkpointing
-    )
-    trainable, total = trainable_summary(model)
-    world_size = world_size_from_env()
     packing = cfg.data.packing and cfg.finetuning.finetuning not in UNPACKABLE
     if packing and cfg.training.neftune_noise_alpha is not None:
         # transformers scales NEFTune noise by the row length, alpha / sqrt(L * d): in a
         # packed row of n examples each would get sqrt(n) times too little (transformers#34659).
         logger.warning("neftune_noise_alpha is set: packing off so noise scales per example")
         packing = False
+    if packing:
+        use_packed_attention(model)
+    set_seed(cfg.training.seed)
+    model = attach_adapter(
+        model, cfg.finetuning, gradient_checkpointing=cfg.training.gradient_checkpointing
+    )
+    trainable, total = trainable_summary(model)
+    world_size = world_size_from_env()
     args = to_training_arguments(
         cfg, run_dir, has_eval=val_set is not None, world_size=world_size, packing=packing
     )
     check_world_size(args.world_size)
     collator: Any = (
-        DataCollatorWithFlattening()
+        packing_collator()
         if packing
         else DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, label_pad_token_id=-100)
     )

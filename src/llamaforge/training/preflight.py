@@ -50,7 +50,10 @@ def _calibrate(trainer: Trainer, precision: str, batches: int = 2) -> float:
     try:
         for i in range(batches):
             features = [dataset[(i * size + j) % len(dataset)] for j in range(size)]
-            batch = {k: v.to(device) for k, v in trainer.data_collator(features).items()}
+            batch = {
+                k: v.to(device) if torch.is_tensor(v) else v  # max_length_q etc. are ints
+                for k, v in trainer.data_collator(features).items()
+            }
             start = time.perf_counter()
             # The Trainer autocasts through accelerate once train() prepares the model;
             # here we do it ourselves so the estimate runs at the training precision.

@@ -1,0 +1,108 @@
+"""Padding-free packing: the collator, and attention that runs per packed example.
+
+The collator is transformers' `DataCollatorWithFlattening`: each micro-batch becomes one
+row, position ids restart at every example, and with ``return_flash_attn_kwargs`` it also
+hands the model the example boundaries (``cu_seq_lens_q``), the contract transformers'
+flash-attention path reads.
+
+Why our own attention function: on a packed row transformers' ``sdpa`` path builds a
+block-diagonal mask and the kernel computes every (query, key) pair of the whole row, so a
+row of n examples does about n times the attention work of the examples themselves, and
+torch's CPU flash kernel is slow with an explicit mask (its backward especially).
+flash-attn's varlen kernel (``flash_attention_2``) does the right thing but needs CUDA. The
+function below runs one causal SDPA per example, using the same boundaries; everything else
+(padded batches, generation with a KV cache) goes to transformers' ``sdpa`` unchanged.
+Measured on the 2-core CPU (SmolLM2-135M, 4 Alpaca records per row): attention forward +
+backward 20 ms → 6 ms per layer, training step ~25 % faster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface, DataCollatorWithFlattening
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+logger = logging.getLogger(__name__)
+
+PACKED_SDPA = "llamaforge_packed_sdpa"
+
+
+def packing_collator() -> DataCollatorWithFlattening:
+    """One row per micro-batch, positions restarting per example, boundaries for attention."""
+    return DataCollatorWithFlattening(return_flash_attn_kwargs=True)
+
+
+def packed_sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention interface: [B, H, T, D] in, [B, T, H, D] out.
+
+    A packed row (batch 1, boundaries given, no KV cache) attends causally within each
+    example; anything else is transformers' sdpa with the mask it built.
+    """
+    if cu_seq_lens_q is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    bounds = cu_seq_lens_q.tolist()
+    if bounds[-1] != query.shape[2]:
+        raise ValueError(
+            f"packed row of {query.shape[2]} tokens but cu_seq_lens_q ends at {bounds[-1]}"
+        )
+    # torch's CPU flash kernel is ~2× faster in fp32 than in bf16 at these sizes (measured);
+    # on GPUs the bf16 kernels are the fast ones. Under autocast, rotary embeddings leave
+    # query/key in fp32 while value is bf16: bring all three to one dtype.
+    dtype = torch.float32 if query.device.type == "cpu" else value.dtype
+    with torch.autocast(query.device.type, enabled=False):
+        q, k, v = (t.to(dtype) for t in (query, key, value))
+        outputs = [
+            F.scaled_dot_product_attention(
+                q[:, :, start:end],
+                k[:, :, start:end],
+                v[:, :, start:end],
+                dropout_p=dropout,
+                scale=scaling,
+                is_causal=True,
+                enable_gqa=q.shape[1] != k.shape[1],
+            )
+            for start, end in itertools.pairwise(bounds)
+            if end > start
+        ]
+        out = torch.cat(outputs, dim=2).to(value.dtype)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_packed_attention() -> None:
+    """Make PACKED_SDPA known to transformers (masks are built as for sdpa). Idempotent."""
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+
+
+def use_packed_attention(model: Any) -> bool:
+    """Switch a model that runs transformers' sdpa to per-example packed attention.
+
+    Leaves any other choice (eager, flash_attention_2, a user's ``attn_implementation``)
+    alone and says so; returns whether it switched.
+    """
+    current = getattr(model.config, "_attn_implementation", None)
+    if current != "sdpa":
+        logger.info("packing with attention %s (per-example attention needs sdpa)", current)
+        return False
+    register_packed_attention()
+    model.set_attn_implementation(PACKED_SDPA)
+    return True

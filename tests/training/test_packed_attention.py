@@ -1,0 +1,148 @@
+"""Per-example packed attention (training/packing.py): same numbers as transformers' sdpa
+with the block-diagonal mask, forward and backward; sdpa unchanged for everything else."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from llamaforge.adapters.attach import attach_adapter
+from llamaforge.config.sections import FinetuningConfig
+from llamaforge.training.packing import (
+    PACKED_SDPA,
+    packed_sdpa_attention,
+    packing_collator,
+    use_packed_attention,
+)
+
+LENGTHS = (7, 3, 12, 1, 9)
+
+
+def packed_features(lengths=LENGTHS) -> list[dict[str, list[int]]]:
+    generator = torch.Generator().manual_seed(0)
+    features = []
+    for n in lengths:
+        ids = torch.randint(10, 2000, (n,), generator=generator).tolist()
+        features.append({"input_ids": ids, "labels": ids})
+    return features
+
+
+def lora_grads(model, batch) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits.float()
+    # A loss that weighs every position differently, so any wrong attention shows.
+    weights = torch.linspace(0.5, 1.5, logits.shape[1])[None, :, None]
+    (logits.log_softmax(-1) * weights).mean().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture
+def lora_pair(make_tiny_llama):
+    """The same LoRA model twice: transformers' sdpa and our packed attention."""
+    base = make_tiny_llama(initializer_range=0.3)
+    ours = copy.deepcopy(base)
+    assert use_packed_attention(ours)
+    config = FinetuningConfig(lora_r=4, lora_dropout=0.0, lora_target_modules=("q_proj", "v_proj"))
+    torch.manual_seed(1)
+    reference = attach_adapter(base, config)
+    torch.manual_seed(1)
+    packed = attach_adapter(ours, config)
+    for model in (reference, packed):
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # non-zero B, so LoRA A gets a gradient too
+                torch.nn.init.normal_(param, std=0.5, generator=torch.Generator().manual_seed(2))
+    return reference, packed
+
+
+def test_packed_forward_and_lora_grads_equal_the_block_diagonal_sdpa(lora_pair):
+    reference, packed = lora_pair
+    batch = packing_collator()(packed_features())
+    assert batch["cu_seq_lens_q"].tolist() == [0, 7, 10, 22, 23, 32]
+    assert packed.config._attn_implementation == PACKED_SDPA
+    assert reference.config._attn_implementation == "sdpa"
+
+    # use_cache=False as in training: with a cache, transformers' sdpa builds no
+    # block-diagonal mask for a packed row.
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(
+            packed(**inputs, use_cache=False).logits,
+            reference(**inputs, use_cache=False).logits,
+            rtol=0,
+            atol=1e-5,
+        )
+    ours, theirs = lora_grads(packed, batch), lora_grads(reference, batch)
+    assert ours.keys() == theirs.keys() and len(ours) == 8  # A and B of q, v in 2 layers
+    for name in ours:
+        assert theirs[name].abs().max() > 0, name
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6)
+
+
+def test_each_example_alone_gives_the_same_logits(make_tiny_llama):
+    """Packed logits of example i == the logits of example i run on its own."""
+    model = make_tiny_llama(initializer_range=0.3)
+    assert use_packed_attention(model)
+    features = packed_features()
+    batch = packing_collator()(features)
+    with torch.no_grad():
+        row = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+        start = 0
+        for feature in features:
+            alone = model(input_ids=torch.tensor([feature["input_ids"]])).logits[0]
+            end = start + len(feature["input_ids"])
+            torch.testing.assert_close(row[start:end], alone, rtol=0, atol=1e-5)
+            start = end
+
+
+def test_padded_batches_and_generation_are_plain_sdpa(make_tiny_llama, smollm2_tokenizer):
+    reference = make_tiny_llama(initializer_range=0.3)
+    ours = copy.deepcopy(reference)
+    assert use_packed_attention(ours)
+    smollm2_tokenizer.padding_side = "left"
+    batch = smollm2_tokenizer(["Hello there, how are", "Hi"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).logits, reference(**batch).logits, rtol=0, atol=0)
+        kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+        assert torch.equal(ours.generate(**batch, **kwargs), reference.generate(**batch, **kwargs))
+
+
+def test_bf16_on_cpu_matches_fp32_within_bf16_rounding(make_tiny_llama):
+    model = make_tiny_llama(initializer_range=0.3)
+    assert use_packed_attention(model)
+    module = model.model.layers[0].self_attn
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 32, 8, generator=generator)
+    k, v = (
+        torch.randn(1, 2, 32, 8, generator=generator),
+        torch.randn(1, 2, 32, 8, generator=generator),
+    )
+    bounds = torch.tensor([0, 10, 32], dtype=torch.int32)
+    exact, _ = packed_sdpa_attention(module, q, k, v, None, scaling=8**-0.5, cu_seq_lens_q=bounds)
+    low, _ = packed_sdpa_attention(
+        module,
+        q.bfloat16(),
+        k.bfloat16(),
+        v.bfloat16(),
+        None,
+        scaling=8**-0.5,
+        cu_seq_lens_q=bounds,
+    )
+    assert exact.shape == (1, 32, 4, 8) and low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), exact, rtol=0, atol=0.05)
+
+
+def test_boundaries_that_do_not_cover_the_row_are_refused(make_tiny_llama):
+    module = make_tiny_llama().model.layers[0].self_attn
+    q, kv = torch.zeros(1, 4, 10, 8), torch.zeros(1, 2, 10, 8)
+    with pytest.raises(ValueError, match="10 tokens but cu_seq_lens_q ends at 8"):
+        packed_sdpa_attention(module, q, kv, kv, None, cu_seq_lens_q=torch.tensor([0, 8]))
+
+
+def test_other_attention_choices_are_left_alone(make_tiny_llama):
+    model = make_tiny_llama()
+    model.set_attn_implementation("eager")
+    assert not use_packed_attention(model)
+    assert model.config._attn_implementation == "eager"
