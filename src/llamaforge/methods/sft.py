@@ -109,8 +109,6 @@ def run_sft(cfg: RunConfig) -> Path:
     fingerprint = rundir.run_fingerprint(cfg, data_hash)
     checkpoint = rundir.resolve_resume(run_dir, resume, fingerprint)
 
-    # The Trainer seeds only after the adapter exists; seed its initialisation too, or
-    # LoRA A / prompt embeddings depend on whatever drew random numbers earlier.
     packing = cfg.data.packing and cfg.finetuning.finetuning not in UNPACKABLE
     if packing and cfg.training.neftune_noise_alpha is not None:
         # transformers scales NEFTune noise by the row length, alpha / sqrt(L * d): in a
@@ -119,6 +117,8 @@ def run_sft(cfg: RunConfig) -> Path:
         packing = False
     if packing:
         use_packed_attention(model)
+    # The Trainer seeds only after the adapter exists; seed its initialisation too, or
+    # LoRA A / prompt embeddings depend on whatever drew random numbers earlier.
     set_seed(cfg.training.seed)
     model = attach_adapter(
         model, cfg.finetuning, gradient_checkpointing=cfg.training.gradient_checkpointing
