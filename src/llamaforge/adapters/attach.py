@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llamaforge.adapters.dropout import use_fast_lora_dropout
 from llamaforge.config.sections import FinetuningConfig
 from llamaforge.errors import ConfigError, ModelError
 
@@ -138,7 +139,9 @@ def attach_adapter(
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing
         )
-    return get_peft_model(model, to_peft_config(model, cfg))
+    model = get_peft_model(model, to_peft_config(model, cfg))
+    use_fast_lora_dropout(model)
+    return model
 
 
 def trainable_summary(model: nn.Module) -> tuple[int, int]:

@@ -38,6 +38,28 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
+# Methods that train only weights they add; the base model's own weights stay frozen.
+FROZEN_BASE_METHODS = ("lora", "prefix", "prompt")
+
+
+def base_weights_dtype(cfg: RunConfig) -> str:
+    """The dtype to load the base model in for training.
+
+    ``dtype: auto`` with a frozen base and bf16 training → bfloat16. Stored in fp32, every
+    frozen weight would be cast to bf16 again on every forward (autocast caches casts only
+    for weights that need grad): ~8 % of a LoRA step on the CPU, and twice the memory.
+    peft keeps the adapter's own weights in fp32 (``autocast_adapter_dtype``), so what is
+    trained still has fp32 master weights. Full and freeze training keep fp32 weights.
+    """
+    if (
+        cfg.model.dtype == "auto"
+        and cfg.finetuning.finetuning in FROZEN_BASE_METHODS
+        and resolve_precision(cfg.training.precision) == "bf16"
+    ):
+        return "bfloat16"
+    return cfg.model.dtype
+
+
 # peft methods that prepend their virtual tokens to the input sequence (prefix tuning
 # passes them as past keys/values instead, so the sequence keeps its length).
 _PREPENDING_PEFT_TYPES = ("PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING")
