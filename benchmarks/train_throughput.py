@@ -10,7 +10,12 @@ steps so that machine noise hits both alike:
     pad_to_multiple_of=8)`, fp32, the model's own loss (lm_head + CE on every position);
 (b) llamaforge: batched cached tokenization (`tokenize_records`), padding-free packing
     (`DataCollatorWithFlattening` + per-example attention), loss on trained positions only
-    (`TrainedPositionsTrainer.compute_loss`), bf16 autocast where the CPU supports it, as `run_sft`.
+    (`TrainedPositionsTrainer.compute_loss`), bf16 autocast where the CPU supports it with
+    the frozen base stored in bf16 and the adapter in fp32, LoRA inputs left uncast, and
+    our cheaper LoRA dropout mask, as `run_sft`.
+
+Both sides' losses on the fixed evaluation batch are computed in fp32 with each trained
+adapter on the same fp32 base weights.
 
 Peak RSS is measured per side in a fresh subprocess (same steps, same batches), as the
 process's resident high-water mark during training (reset after loading). The last
@@ -20,6 +25,7 @@ line printed is one JSON object with the figures and the ratios b/a.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -89,15 +95,18 @@ def recipe_tokenize(rows: list[dict[str, str]], tokenizer: Any) -> list[dict[str
 
 def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> dict[str, Any]:
     """Model, examples, collator and loss function of one side."""
+    from peft import get_peft_model
+    from peft.helpers import disable_input_dtype_casting
     from transformers import DataCollatorForSeq2Seq
 
-    from llamaforge.adapters.attach import attach_adapter
+    from llamaforge.adapters.attach import attach_adapter, to_peft_config
     from llamaforge.config import load_run_config
     from llamaforge.data import tokenize_records
     from llamaforge.data.formats import Conversation, Message
     from llamaforge.training.packing import packing_collator, use_packed_attention
     from llamaforge.training.trainer import (
         TrainedPositionsTrainer,
+        base_weights_dtype,
         resolve_precision,
         to_training_arguments,
     )
@@ -114,15 +123,21 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         ],
     )
     model = copy.deepcopy(base)
-    if side == "b":
+    if side == "b":  # as run_sft: the frozen base in the training precision, packed attention
+        model.to(getattr(torch, base_weights_dtype(cfg)))
         use_packed_attention(model)
     torch.manual_seed(0)  # identical LoRA initialisation on both sides
-    model = attach_adapter(model, cfg.finetuning)
+    if side == "a":  # plain peft, as alpaca-lora
+        model = get_peft_model(model, to_peft_config(model, cfg.finetuning))
+    else:
+        model = attach_adapter(model, cfg.finetuning)
     start = time.perf_counter()
     if side == "a":
         examples = recipe_tokenize(rows, tokenizer)
         collator: Any = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt")
-        autocast = torch.autocast("cpu", enabled=False)
+
+        def context() -> Any:
+            return contextlib.nullcontext()
 
         def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return model(**batch).loss
@@ -141,7 +156,15 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         examples = [dict(x) for x in dataset]
         collator = packing_collator()
         precision = resolve_precision(cfg.training.precision)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+        def context() -> Any:  # as run_sft: autocast, adapter inputs not cast to fp32
+            stack = contextlib.ExitStack()
+            stack.enter_context(
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+            )
+            stack.enter_context(disable_input_dtype_casting(model, active=precision != "fp32"))
+            return stack
+
         with tempfile.TemporaryDirectory() as out:
             trainer = TrainedPositionsTrainer(
                 model=model,
@@ -160,7 +183,7 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         "examples": examples,
         "collator": collator,
         "loss_fn": loss_fn,
-        "autocast": autocast,
+        "context": context,
         "optimizer": optimizer,
         "tokenize_s": tokenize_s,
         "precision": "fp32" if side == "a" else precision,
@@ -174,12 +197,29 @@ def train_step(side: dict[str, Any], step: int) -> tuple[int, float]:
     tokens = sum(len(f["input_ids"]) for f in features)
     side["model"].train()
     start = time.perf_counter()
-    with side["autocast"]:
+    with side["context"]():
         loss = side["loss_fn"](batch)
     loss.backward()
     side["optimizer"].step()
     side["optimizer"].zero_grad(set_to_none=True)
     return tokens, time.perf_counter() - start
+
+
+def on_reference_base(trained: Any, reference: Any) -> Any:
+    """A copy of `reference` (fp32 base + the same adapter layout) with `trained`'s adapter.
+
+    Evaluating both sides' adapters on the same fp32 base weights compares what they
+    learned, not the bf16 rounding of the base that side b trains on.
+    """
+    model = copy.deepcopy(reference)
+    adapter = {name: p for name, p in trained.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in adapter:
+                param.copy_(adapter.pop(name))
+    if adapter:
+        raise RuntimeError(f"adapter weights missing from the reference model: {sorted(adapter)}")
+    return model
 
 
 def eval_loss(model: Any, batch: dict[str, torch.Tensor]) -> float:
@@ -278,7 +318,11 @@ def main() -> None:
                 totals[name][1] += seconds
         if step % 10 == 0:
             print(f"step {step}/{steps}", flush=True)
-    losses = {name: eval_loss(side["model"], eval_batch) for name, side in sides.items()}
+    reference = sides["a"]["model"]  # fp32 base, never changed: only the adapter trains
+    losses = {
+        name: eval_loss(on_reference_base(side["model"], reference), eval_batch)
+        for name, side in sides.items()
+    }
 
     # Model FLOPs per token: ≈ 4N for LoRA (forward 2N + input-gradient backward 2N) plus attention.
     config = sides["a"]["model"].config
