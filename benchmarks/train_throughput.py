@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_ALPACA = ROOT.parent / "shared" / "data" / "stanford_alpaca" / "alpaca_data.json"
 SAMPLE = ROOT / "examples" / "quickstart" / "train.json"
 CUTOFF, MICRO_BATCH, LR, EVAL_RECORDS = 256, 4, 2e-4, 16
+DEVICE = torch.device("cpu")  # set from --device in main()
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
     "context. Write a response that appropriately completes the request.\n\n"
@@ -54,14 +55,22 @@ ALPACA_PROMPT_NO_INPUT = (
 )
 
 
-def matmul_ceiling(dtype: torch.dtype, n: int = 1024, reps: int = 20) -> float:
-    """Measured dense GEMM throughput in GFLOP/s for `dtype` on this machine."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_ceiling(dtype: torch.dtype, reps: int = 20) -> float:
+    """Measured dense GEMM throughput in GFLOP/s for `dtype` on this machine's device."""
+    n = 8192 if DEVICE.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=DEVICE).to(dtype) for _ in range(2))
     for _ in range(3):
         a @ b
+    synchronize()
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
+    synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
@@ -136,8 +145,11 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         examples = recipe_tokenize(rows, tokenizer)
         collator: Any = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt")
 
+        # alpaca-lora trains in fp32 on CPUs and with fp16=True on GPUs (bf16 autocast here).
+        precision = "bf16" if DEVICE.type == "cuda" else "fp32"
+
         def context() -> Any:
-            return contextlib.nullcontext()
+            return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
         def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return model(**batch).loss
@@ -160,7 +172,7 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         def context() -> Any:  # as run_sft: autocast, adapter inputs not cast to fp32
             stack = contextlib.ExitStack()
             stack.enter_context(
-                torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+                torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=precision == "bf16")
             )
             stack.enter_context(disable_input_dtype_casting(model, active=precision != "fp32"))
             return stack
@@ -186,23 +198,29 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         "context": context,
         "optimizer": optimizer,
         "tokenize_s": tokenize_s,
-        "precision": "fp32" if side == "a" else precision,
+        "precision": precision,
     }
 
 
 def train_step(side: dict[str, Any], step: int) -> tuple[int, float]:
     """One optimizer step on micro-batch `step`; returns (non-pad tokens, seconds)."""
     features = side["examples"][step * MICRO_BATCH : (step + 1) * MICRO_BATCH]
-    batch = side["collator"](features)
+    batch = to_device(side["collator"](features))
     tokens = sum(len(f["input_ids"]) for f in features)
     side["model"].train()
+    synchronize()
     start = time.perf_counter()
     with side["context"]():
         loss = side["loss_fn"](batch)
     loss.backward()
     side["optimizer"].step()
     side["optimizer"].zero_grad(set_to_none=True)
+    synchronize()
     return tokens, time.perf_counter() - start
+
+
+def to_device(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def on_reference_base(trained: Any, reference: Any) -> Any:
@@ -225,35 +243,48 @@ def on_reference_base(trained: Any, reference: Any) -> Any:
 def eval_loss(model: Any, batch: dict[str, torch.Tensor]) -> float:
     """Mean loss over trained tokens of the fixed evaluation batch, fp32, full logits."""
     model.eval()
-    with torch.no_grad(), torch.autocast("cpu", enabled=False):
-        return float(model(**batch).loss)
+    with torch.no_grad(), torch.autocast(DEVICE.type, enabled=False):
+        return float(model(**to_device(batch)).loss)
 
 
-def load_base() -> tuple[Any, Any]:
+def load_base(model: str) -> tuple[Any, Any]:
     from llamaforge.config import ModelConfig
     from llamaforge.models import load_model
 
-    return load_model(ModelConfig(model="smollm2-135m", dtype="float32"), for_training=True)
+    base, tokenizer = load_model(ModelConfig(model=model, dtype="float32"), for_training=True)
+    return base.to(DEVICE), tokenizer
 
 
-def memory_only(side_name: str, steps: int, records: Path | None) -> None:
-    """Subprocess mode: train one side, print its peak RSS."""
+def peak_memory(reset: bool = False) -> int:
+    """Training high-water mark: GPU memory on CUDA, else the process's resident memory."""
+    if DEVICE.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.max_memory_allocated()
+    if reset:  # Linux: reset VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+    status = Path("/proc/self/status").read_text()
+    return 1024 * int(
+        next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]
+    )
+
+
+def memory_only(side_name: str, steps: int, records: Path | None, model: str) -> None:
+    """Subprocess mode: train one side, print its peak memory."""
     rows, _ = load_rows(records)
     rows = random.Random(0).sample(rows, min(len(rows), steps * MICRO_BATCH))
-    base, tokenizer = load_base()
+    base, tokenizer = load_base(model)
     side = build(side_name, rows, base, tokenizer)
     del base
     gc.collect()
-    # Loading peaks far above training; reset the high-water mark (Linux) so the figure is
-    # the training peak of this side alone.
-    Path("/proc/self/clear_refs").write_text("5")
+    if DEVICE.type == "cuda":
+        torch.cuda.empty_cache()
+    # Loading peaks far above training; reset the high-water mark so the figure is the
+    # training peak of this side alone.
+    peak_memory(reset=True)
     for step in range(steps):
         train_step(side, step)
-    status = Path("/proc/self/status").read_text()
-    peak_kib = int(
-        next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]
-    )
-    print(json.dumps({"peak_rss": peak_kib * 1024}))
+    print(json.dumps({"peak_rss": peak_memory()}))
 
 
 def tokenize_full(rows: list[dict[str, str]], tokenizer: Any) -> tuple[float, float, int]:
@@ -285,10 +316,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--records", type=Path, default=None)
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="model name or directory (default: the bundled one)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where to train (default: cuda when available); peak memory is GPU memory on cuda",
+    )
     parser.add_argument("--memory-only", choices=("a", "b"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.memory_only:
-        memory_only(args.memory_only, min(args.steps, 8), args.records)
+        memory_only(args.memory_only, min(args.steps, 8), args.records, args.model)
         return
     fp32, bf16 = matmul_ceiling(torch.float32), matmul_ceiling(torch.bfloat16)
     print(
@@ -301,7 +343,7 @@ def main() -> None:
     train_rows, eval_rows = rows[EVAL_RECORDS:], rows[:EVAL_RECORDS]
     print(f"records: {len(train_rows)} train + {len(eval_rows)} eval from {source}")
 
-    base, tokenizer = load_base()
+    base, tokenizer = load_base(args.model)
     n_params = sum(p.numel() for p in base.parameters())
     sides = {name: build(name, train_rows, base, tokenizer) for name in ("a", "b")}
     eval_batch = sides["a"]["collator"](recipe_tokenize(eval_rows, tokenizer))
@@ -331,11 +373,10 @@ def main() -> None:
     )
     flops_per_token = 4 * n_params + 12 * config.num_hidden_layers * config.hidden_size * mean_len
     tps = {name: tokens / seconds for name, (tokens, seconds, _) in totals.items()}
-    precision_b = sides["b"]["precision"]
-    ceiling_b = bf16 if precision_b == "bf16" else fp32
+    precision = {name: side["precision"] for name, side in sides.items()}
     mfu = {
-        "a": tps["a"] * flops_per_token / 1e9 / fp32,
-        "b": tps["b"] * flops_per_token / 1e9 / ceiling_b,
+        name: tps[name] * flops_per_token / 1e9 / (bf16 if precision[name] == "bf16" else fp32)
+        for name in sides
     }
     tokenize_sample = {name: side["tokenize_s"] for name, side in sides.items()}
     del sides
@@ -343,6 +384,7 @@ def main() -> None:
     rss = {}
     for name in ("a", "b"):
         command = [sys.executable, __file__, "--memory-only", name, "--steps", str(args.steps)]
+        command += ["--model", args.model, "--device", args.device]
         if args.records:
             command += ["--records", str(args.records)]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -350,13 +392,16 @@ def main() -> None:
 
     tokenize_s, tokenize_cached_s, n_tokenized = tokenize_full(all_rows, tokenizer)
     print(
-        f"tokens/s: a {tps['a']:.1f}, b {tps['b']:.1f} (ratio {tps['b'] / tps['a']:.2f}); b runs {precision_b}"
+        f"tokens/s: a {tps['a']:.1f}, b {tps['b']:.1f} (ratio {tps['b'] / tps['a']:.2f}); b runs {precision['b']}"
     )
-    print(f"MFU: a {100 * mfu['a']:.1f} % of fp32, b {100 * mfu['b']:.1f} % of {precision_b}")
+    print(
+        f"MFU: a {100 * mfu['a']:.1f} % of {precision['a']}, b {100 * mfu['b']:.1f} % of {precision['b']}"
+    )
     print(
         f"eval loss after the same {totals['a'][0]} trained tokens: a {losses['a']:.4f}, b {losses['b']:.4f}"
     )
-    print(f"peak RSS: a {rss['a'] / 2**30:.2f} GiB, b {rss['b'] / 2**30:.2f} GiB")
+    kind = "GPU memory" if DEVICE.type == "cuda" else "RSS"
+    print(f"peak {kind}: a {rss['a'] / 2**30:.2f} GiB, b {rss['b'] / 2**30:.2f} GiB")
     print(f"tokenizing {n_tokenized} records: {tokenize_s:.1f} s, cached {tokenize_cached_s:.2f} s")
     print(
         json.dumps(
@@ -366,7 +411,8 @@ def main() -> None:
                 "ratio": round(tps["b"] / tps["a"], 3),
                 "mfu_a": round(mfu["a"], 4),
                 "mfu_b": round(mfu["b"], 4),
-                "precision_b": precision_b,
+                "precision_b": precision["b"],
+                "device": DEVICE.type,
                 "fp32_gflops": round(fp32, 1),
                 "bf16_gflops": round(bf16, 1),
                 "peak_rss_a": rss["a"],

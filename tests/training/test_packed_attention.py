@@ -146,3 +146,73 @@ def test_other_attention_choices_are_left_alone(make_tiny_llama):
     model.set_attn_implementation("eager")
     assert not use_packed_attention(model)
     assert model.config._attn_implementation == "eager"
+
+
+def _fake_varlen(with_gqa: bool, with_window: bool, calls: list[dict]):
+    """Stand-ins for torch.nn.attention.varlen.varlen_attn (a CUDA kernel) in the
+    signatures of torch 2.13 (scale, window_size, enable_gqa), 2.11 (no enable_gqa) and
+    2.10 (is_causal, no scale): causal attention per example on [T, H, D] tensors."""
+
+    def attend(q, k, v, cu, causal, scale, gqa):
+        assert q.dtype == k.dtype == v.dtype and cu.dtype == torch.int32
+        outs = []
+        for start, end in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+            o = torch.nn.functional.scaled_dot_product_attention(
+                *(t[start:end].transpose(0, 1) for t in (q, k, v)),
+                is_causal=causal,
+                scale=scale,
+                enable_gqa=gqa,
+            )
+            outs.append(o.transpose(0, 1))
+        return torch.cat(outs)
+
+    if with_gqa:
+
+        def varlen_attn(
+            q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False
+        ):
+            calls.append({"window_size": window_size, "enable_gqa": enable_gqa, "max": max_q})
+            return attend(q, k, v, cu_q, window_size == (-1, 0), scale, enable_gqa)
+
+    elif with_window:
+
+        def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+            assert k.shape[1] == q.shape[1], "no GQA in this signature"
+            calls.append({"window_size": window_size, "max": max_q})
+            return attend(q, k, v, cu_q, window_size == (-1, 0), scale, False)
+
+    else:
+
+        def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False):
+            assert k.shape[1] == q.shape[1], "no GQA in this signature"
+            calls.append({"is_causal": is_causal, "max": max_q})
+            return attend(q, k, v, cu_q, is_causal, None, False)
+
+    return varlen_attn
+
+
+@pytest.mark.parametrize(("with_gqa", "with_window"), [(True, True), (False, True), (False, False)])
+def test_varlen_kernel_call_matches_the_per_example_loop(monkeypatch, with_gqa, with_window):
+    """On CUDA packed rows go to torch's varlen flash kernel; the call is checked here on
+    the CPU against a stand-in, in each torch signature; the GPU run is in the README."""
+    import torch.nn.attention.varlen as varlen
+
+    from llamaforge.training import packing
+
+    calls: list[dict] = []
+    monkeypatch.setattr(varlen, "varlen_attn", _fake_varlen(with_gqa, with_window, calls))
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 23, 8, generator=generator)
+    k, v = (torch.randn(1, 2, 23, 8, generator=generator) for _ in range(2))
+    bounds = torch.tensor([0, 7, 8, 23], dtype=torch.int32)
+    expected, _ = packed_sdpa_attention(None, q, k, v, None, scaling=8**-0.5, cu_seq_lens_q=bounds)
+    out = packing._varlen_flash(q, k, v, bounds.long(), None, 8**-0.5)
+    assert out is not None and out.shape == (1, 23, 4, 8)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert calls[0]["max"] == 15  # the longest example, computed when not given
+    assert calls[0].get("window_size", (-1, 0)) == (-1, 0) and calls[0].get("is_causal", True)
+    if with_gqa:
+        assert calls[0]["enable_gqa"]
+    # torch 2.10's kernel has no scale: a non-default one falls back to the loop.
+    if not with_window:
+        assert packing._varlen_flash(q, k, v, bounds, 15, 0.5) is None
