@@ -1,25 +1,28 @@
 """Training throughput: the alpaca-lora recipe (a) against llamaforge's default (b).
 
-    python benchmarks/train_throughput.py [--steps 40] [--records PATH]
+    python benchmarks/train_throughput.py [--steps 40] [--records PATH] [--model DIR]
+                                          [--device cpu|cuda]
 
 Both sides train the same model (SmolLM2-135M), LoRA config (r=8 on q/v), records, order,
 cutoff (256), micro-batch (4) and optimizer (AdamW, lr 2e-4) in ONE process, alternating
 steps so that machine noise hits both alike:
 
-(a) alpaca-lora: per-example `datasets.map` tokenization, `DataCollatorForSeq2Seq(
-    pad_to_multiple_of=8)`, fp32, the model's own loss (lm_head + CE on every position);
+(a) alpaca-lora: plain peft LoRA, per-example `datasets.map` tokenization,
+    `DataCollatorForSeq2Seq(pad_to_multiple_of=8)`, the model's own loss (lm_head + CE on
+    every position); fp32 on CPU, bf16 autocast on CUDA (alpaca-lora's fp16=True there);
 (b) llamaforge: batched cached tokenization (`tokenize_records`), padding-free packing
-    (`DataCollatorWithFlattening` + per-example attention), loss on trained positions only
-    (`TrainedPositionsTrainer.compute_loss`), bf16 autocast where the CPU supports it with
-    the frozen base stored in bf16 and the adapter in fp32, LoRA inputs left uncast, and
-    our cheaper LoRA dropout mask, as `run_sft`.
+    (`DataCollatorWithFlattening` + per-example attention, varlen flash on CUDA), loss on
+    trained positions only (`TrainedPositionsTrainer.compute_loss`), bf16 autocast where the
+    hardware supports it with the frozen base stored in bf16 and the adapter in fp32, LoRA
+    inputs left uncast, and our cheaper CPU LoRA dropout mask, as `run_sft`.
 
 Both sides' losses on the fixed evaluation batch are computed in fp32 with each trained
 adapter on the same fp32 base weights.
 
-Peak RSS is measured per side in a fresh subprocess (same steps, same batches), as the
-process's resident high-water mark during training (reset after loading). The last
-line printed is one JSON object with the figures and the ratios b/a.
+Peak memory is measured per side in a fresh subprocess (same steps, same batches), as the
+process's resident high-water mark during training (reset after loading), or the GPU's
+allocated high-water mark on CUDA (the keys stay `peak_rss_*`). The last line printed is
+one JSON object with the figures and the ratios b/a.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ class ModelConfig:
     file, or a hub id that is already in the local HF cache."""
     dtype: str = "auto"
     """Weights dtype: auto | float32 | bfloat16 | float16. ``auto`` is float32 on CPU and
-    bfloat16 on GPUs that support it."""
+    bfloat16 on GPUs that support it; when training LoRA/prefix/prompt at bf16 precision it
+    is bfloat16 for the frozen base everywhere (the trained adapter stays float32)."""
     attn_implementation: str | None = None
     """Attention kernel passed to transformers: sdpa | eager | flash_attention_2."""
     rope_scaling: dict[str, Any] | None = None
