@@ -79,15 +79,28 @@ def fill(page, elem_id: str, text: str) -> None:
     page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(text)
 
 
-def test_chat_streams_the_reply(page):
+def test_chat_streams_the_reply(page, ui, monkeypatch):
+    chat = ui[0].llamaforge_chat
+    temperatures: list[float] = []
+    reply_with = chat.reply
+
+    def recording_reply(history, gen, system):  # what the server was asked for
+        temperatures.append(gen.temperature)
+        return reply_with(history, gen, system)
+
+    monkeypatch.setattr(chat, "reply", recording_reply)
     page.get_by_text("System prompt and sampling").click()  # open the accordion
+    # Gradio may still be rendering the just-opened accordion and put the default back
+    # (seen ~1 run in 3): set the slider until both of its inputs show 0 a moment later.
+    slider = page.locator("#chat-temperature input[type=range]")
     number = page.locator("#chat-temperature input[type=number]")
-    number.fill("0")
-    number.press("Enter")
-    number.blur()
-    # Gradio sends the new value to the server asynchronously; on a loaded machine a message
-    # sent at once could still be answered with the default (sampling) temperature.
-    page.wait_for_timeout(2000)
+
+    def set_to_zero() -> bool:
+        slider.fill("0")
+        page.wait_for_timeout(300)
+        return float(slider.input_value()) == 0 and float(number.input_value()) == 0
+
+    poll(set_to_zero, bool, timeout=30)
     fill(page, "chat-input", "What is the capital of France?")
     page.press("#chat-input textarea", "Enter")
     bot = page.locator("#chatbot [data-testid='bot']").last
@@ -97,7 +110,11 @@ def test_chat_streams_the_reply(page):
 
     answer = "The capital of France is Paris."
     # The first message loads the model (cache hit), then the answer streams in.
-    states = poll(reply, lambda text: text == answer, timeout=240)
+    states = poll(reply, lambda text: text == answer or text.endswith("."), timeout=240)
+    assert temperatures == [0.0], (
+        f"the UI sent temperature {temperatures}, not the 0 set on the slider"
+    )
+    assert states[-1] == answer
     partial = [s for s in states if s and s != answer]
     assert partial, "the reply arrived in one piece, not streamed"
     assert all(answer.startswith(s) for s in partial)
