@@ -13,7 +13,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from llamaforge.config import GenerationConfig
 
@@ -195,27 +194,10 @@ SERVE_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def long_context_model_dir(smollm2_tokenizer, tmp_path_factory):
+def long_context_model_dir(make_tiny_llama, smollm2_tokenizer, tmp_path_factory):
     """A tiny random Llama with a 4096-token context (room for a long stream)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=0.3,
-        tie_word_embeddings=True,
-        bos_token_id=smollm2_tokenizer.bos_token_id,
-        eos_token_id=smollm2_tokenizer.eos_token_id,
-        pad_token_id=smollm2_tokenizer.pad_token_id,
-    )
     path = tmp_path_factory.mktemp("long")
-    LlamaForCausalLM(config).save_pretrained(path)
+    make_tiny_llama(initializer_range=0.3, max_positions=4096).save_pretrained(path)
     smollm2_tokenizer.save_pretrained(path)
     return path
 
