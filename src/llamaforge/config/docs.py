@@ -37,7 +37,7 @@ def describe_keys() -> str:
     for section, cls in sections.SECTIONS.items():
         lines.append(f"[{section}]")
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
             lines.append(f"  {f.name} = {default!r}\n      {docs.get(f.name, '')}")
     aliases = ", ".join(f"{k} → {v}" for k, v in ALIASES.items())
     lines.append(f"aliases: {aliases}")

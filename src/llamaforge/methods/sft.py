@@ -195,9 +195,9 @@ def run_sft(cfg: RunConfig) -> Path:
     if cfg.training.predict_with_generate and val_records and is_main_process():
         from llamaforge.evaluation.predict import predict_and_score
 
-        model = trainer.model
-        if model.device.type == "cpu" and model.dtype == torch.bfloat16:
+        trained: Any = trainer.model
+        if trained.device.type == "cpu" and trained.dtype == torch.bfloat16:
             # Decoding is matrix-vector work, several times slower in bf16 than fp32 on CPUs.
-            model.float()
-        predict_and_score(model, tokenizer, val_records, cfg, run_dir)
+            trained.float()
+        predict_and_score(trained, tokenizer, val_records, cfg, run_dir)
     return run_dir

@@ -133,6 +133,7 @@ def _varlen_flash(
         max_length = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
     cu = cu_seq_lens.to(device=q.device, dtype=torch.int32)
     out = varlen_attn(q, k, v, cu, cu, max_length, max_length, **options)
+    assert isinstance(out, torch.Tensor)  # a tuple only when return_aux asks for more
     return out.unsqueeze(0)
 
 
