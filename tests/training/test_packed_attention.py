@@ -192,7 +192,9 @@ def _fake_varlen(with_gqa: bool, with_window: bool, calls: list[dict]):
 
 
 @pytest.mark.parametrize(("with_gqa", "with_window"), [(True, True), (False, True), (False, False)])
-def test_varlen_kernel_call_matches_the_per_example_loop(monkeypatch, with_gqa, with_window):
+def test_varlen_kernel_call_matches_the_per_example_loop(
+    monkeypatch, request, with_gqa, with_window
+):
     """On CUDA packed rows go to torch's varlen flash kernel; the call is checked here on
     the CPU against a stand-in, in each torch signature; the GPU run is in the README."""
     import torch.nn.attention.varlen as varlen
@@ -201,6 +203,8 @@ def test_varlen_kernel_call_matches_the_per_example_loop(monkeypatch, with_gqa, 
 
     calls: list[dict] = []
     monkeypatch.setattr(varlen, "varlen_attn", _fake_varlen(with_gqa, with_window, calls))
+    packing._varlen_params.cache_clear()  # the signature is read once per process
+    request.addfinalizer(packing._varlen_params.cache_clear)
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(1, 4, 23, 8, generator=generator)
     k, v = (torch.randn(1, 2, 23, 8, generator=generator) for _ in range(2))

@@ -42,9 +42,8 @@ class LoraDropout(nn.Module):
         return f"p={self.p}"
 
 
-def use_fast_lora_dropout(model: nn.Module) -> int:
-    """Replace peft's ``nn.Dropout`` LoRA dropouts by `LoraDropout`; returns how many."""
-    replaced = 0
+def use_fast_lora_dropout(model: nn.Module) -> None:
+    """Replace peft's ``nn.Dropout`` LoRA dropouts by `LoraDropout`."""
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if not isinstance(dropouts, nn.ModuleDict):
@@ -52,5 +51,3 @@ def use_fast_lora_dropout(model: nn.Module) -> int:
         for name, dropout in dropouts.items():
             if type(dropout) is nn.Dropout:
                 dropouts[name] = LoraDropout(dropout.p)
-                replaced += 1
-    return replaced

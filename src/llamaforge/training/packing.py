@@ -22,6 +22,7 @@ is the slow choice: each new example length makes torch's cuDNN attention build 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -97,6 +98,16 @@ def packed_sdpa_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
+@functools.cache
+def _varlen_params() -> frozenset[str] | None:
+    """Parameter names of this torch's ``varlen_attn`` (None before torch 2.10)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
 def _varlen_flash(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -109,11 +120,11 @@ def _varlen_flash(
 
     None where this torch has no varlen kernel for the call (the caller then loops).
     """
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # torch < 2.10
+    params = _varlen_params()
+    if params is None:
         return None
-    params = inspect.signature(varlen_attn).parameters
+    from torch.nn.attention.varlen import varlen_attn
+
     # torch 2.10 spelled causality is_causal; 2.11+ window_size=(-1, 0) (GPU images ship both).
     options: dict[str, Any] = (
         {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
