@@ -330,6 +330,8 @@ def main() -> None:
     )
     parser.add_argument("--memory-only", choices=("a", "b"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch sees no CUDA device")
     global DEVICE
     DEVICE = torch.device(args.device)
     if args.memory_only:
