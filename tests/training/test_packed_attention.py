@@ -10,6 +10,7 @@ import torch
 
 from llamaforge.adapters.attach import attach_adapter
 from llamaforge.config.sections import FinetuningConfig
+from llamaforge.training import packing
 from llamaforge.training.packing import (
     PACKED_SDPA,
     packed_sdpa_attention,
@@ -134,6 +135,54 @@ def test_bf16_on_cpu_matches_fp32_within_bf16_rounding(make_tiny_llama):
     torch.testing.assert_close(low.float(), exact, rtol=0, atol=0.05)
 
 
+def _qkv(heads: int, kv_heads: int, length: int, dim: int = 8, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(
+        torch.randn(1, h, length, dim, generator=generator, requires_grad=True)
+        for h in (heads, kv_heads, kv_heads)
+    )
+
+
+def _attend(q, k, v, bounds, scaling=0.3):
+    out, _ = packed_sdpa_attention(None, q, k, v, None, scaling=scaling, cu_seq_lens_q=bounds)
+    return out
+
+
+@pytest.mark.parametrize("longest_matmul", [512, 8])  # 8: the 12-token example takes flash
+def test_cpu_bf16_attention_forward_and_grads_match_fp32(monkeypatch, longest_matmul):
+    """bf16 matmul attention (GQA, custom scale) ≈ fp32 per-example SDPA, values and grads."""
+    monkeypatch.setattr(packing, "MATMUL_ATTENTION_MAX_LEN", longest_matmul)
+    bounds = torch.tensor([0, 7, 10, 22, 23, 32], dtype=torch.int32)
+    exact_in, low_in = _qkv(6, 2, 32), _qkv(6, 2, 32)
+    weights = torch.randn(1, 32, 6, 8, generator=torch.Generator().manual_seed(3))
+
+    exact = _attend(*exact_in, bounds)
+    low = _attend(*(t.bfloat16() for t in low_in), bounds)
+    assert low.dtype == torch.bfloat16 and low.shape == exact.shape == (1, 32, 6, 8)
+    torch.testing.assert_close(low.float(), exact, rtol=0, atol=0.03)
+    (exact * weights).sum().backward()
+    (low.float() * weights).sum().backward()
+    for ours, theirs in zip(low_in, exact_in, strict=True):
+        assert theirs.grad.abs().max() > 0.1
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=0.05)
+
+
+def test_cpu_bf16_attention_never_crosses_examples():
+    q, k, v = (t.detach().bfloat16() for t in _qkv(6, 2, 32))
+    bounds = torch.tensor([0, 7, 10, 22, 32], dtype=torch.int32)
+    before = _attend(q, k, v, bounds)
+    # Change every key and value outside example 3 (tokens 10..21): its outputs stay bit-equal,
+    # and they are causal: its first token sees only itself, so it outputs its own value.
+    k2, v2 = k.clone(), v.clone()
+    for t in (k2, v2):
+        t[:, :, :10] = 7.0
+        t[:, :, 22:] = -7.0
+    after = _attend(q, k2, v2, bounds)
+    assert torch.equal(after[:, 10:22], before[:, 10:22])
+    assert not torch.equal(after[:, :10], before[:, :10])
+    torch.testing.assert_close(before[0, 10], v[0, :, 10].repeat_interleave(3, dim=0))
+
+
 def test_boundaries_that_do_not_cover_the_row_are_refused(make_tiny_llama):
     module = make_tiny_llama().model.layers[0].self_attn
     q, kv = torch.zeros(1, 4, 10, 8), torch.zeros(1, 2, 10, 8)
@@ -198,8 +247,6 @@ def test_varlen_kernel_call_matches_the_per_example_loop(
     """On CUDA packed rows go to torch's varlen flash kernel; the call is checked here on
     the CPU against a stand-in, in each torch signature; the GPU run is in the README."""
     import torch.nn.attention.varlen as varlen
-
-    from llamaforge.training import packing
 
     calls: list[dict] = []
     monkeypatch.setattr(varlen, "varlen_attn", _fake_varlen(with_gqa, with_window, calls))

@@ -12,10 +12,12 @@ torch's CPU flash kernel is slow with an explicit mask (its backward especially)
 flash-attn's varlen kernel (``flash_attention_2``) does the right thing but is a separate
 CUDA-only package. The function below uses the same boundaries: on CUDA in bf16/fp16 it
 calls torch's own varlen flash kernel (``torch.nn.attention.varlen``), one launch per layer;
-elsewhere it runs one causal SDPA per example. Everything else (padded batches, generation
-with a KV cache) goes to transformers' ``sdpa`` unchanged.
+on the CPU in bf16 it runs two bf16 matmuls per example (`_cpu_bf16_attention`); elsewhere
+one causal SDPA per example. Everything else (padded batches, generation with a KV cache)
+goes to transformers' ``sdpa`` unchanged.
 Measured on the 2-core CPU (SmolLM2-135M, 4 Alpaca records per row): attention forward +
-backward 20 ms → 6 ms per layer, training step ~25 % faster. On an H200 a per-example loop
+backward 20 ms → 6 ms per layer with per-example SDPA (training step ~25 % faster), and
+→ 4 ms with the bf16 matmuls (step ~5–10 % faster again). On an H200 a per-example loop
 is the slow choice: each new example length makes torch's cuDNN attention build a new plan
 (~2 ms of CPU per call, 580 ms per step); the varlen kernel took the step to 113 ms.
 """
@@ -75,6 +77,8 @@ def packed_sdpa_attention(
         raise ValueError(
             f"packed row of {query.shape[2]} tokens but cu_seq_lens_q ends at {bounds[-1]}"
         )
+    if query.device.type == "cpu" and value.dtype == torch.bfloat16 and dropout == 0.0:
+        return _cpu_bf16_attention(query, key, value, bounds, scaling), None
     # torch's CPU flash kernel is ~2× faster in fp32 than in bf16 at these sizes (measured);
     # on GPUs the bf16 kernels are the fast ones. Under autocast, rotary embeddings leave
     # query/key in fp32 while value is bf16: bring all three to one dtype.
@@ -82,20 +86,84 @@ def packed_sdpa_attention(
     with torch.autocast(query.device.type, enabled=False):
         q, k, v = (t.to(dtype) for t in (query, key, value))
         outputs = [
-            F.scaled_dot_product_attention(
-                q[:, :, start:end],
-                k[:, :, start:end],
-                v[:, :, start:end],
-                dropout_p=dropout,
-                scale=scaling,
-                is_causal=True,
-                enable_gqa=q.shape[1] != k.shape[1],
+            _flash_causal(
+                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], scaling, dropout
             )
-            for start, end in itertools.pairwise(bounds)
-            if end > start
+            for start, end in _examples(bounds)
         ]
         out = torch.cat(outputs, dim=2).to(value.dtype)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _examples(bounds: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each non-empty example."""
+    return [(start, end) for start, end in itertools.pairwise(bounds) if end > start]
+
+
+def _flash_causal(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float | None, dropout: float = 0.0
+) -> torch.Tensor:
+    """Causal SDPA of one example, [1, H, n, D] in and out."""
+    return F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        dropout_p=dropout,
+        scale=scaling,
+        is_causal=True,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+
+
+# Longer examples go to the flash kernel: this path keeps each example's [H, n, n]
+# probabilities for the backward (9 heads × 512² × 2 bytes = 4.7 MB per layer at 512).
+MATMUL_ATTENTION_MAX_LEN = 512
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_bias(n: int, groups: int) -> torch.Tensor:
+    """[groups·n, n] bf16: 0 on and below the diagonal, -inf above, once per query head."""
+    return torch.full((n, n), float("-inf"), dtype=torch.bfloat16).triu_(1).repeat(groups, 1)
+
+
+def _cpu_bf16_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bounds: list[int],
+    scaling: float | None,
+) -> torch.Tensor:
+    """Causal attention per example in bf16 matmuls: [1, H, T, D] in, [1, T, H, D] out.
+
+    Why not SDPA here: torch's CPU flash kernel has no fast bf16 path at these sizes
+    (its bf16 backward is ~2× slower than fp32), and in fp32 it ran at a quarter of the
+    matmul ceiling. Two bf16 batched matmuls per example, with the causal mask and the
+    scale folded into the first (``baddbmm``) and the query heads of a KV head stacked
+    into its rows (GQA without repeating K/V), make attention's forward + backward ~35 %
+    faster (9 heads, 4 examples of 90–170 tokens: 7.5 → 5.0 ms per layer) and the
+    bf16 LoRA step ~5 % faster. The numerics are those of transformers' eager attention
+    under bf16 autocast: bf16 scores, softmax computed in fp32, bf16 probabilities.
+    """
+    heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
+    groups = heads // kv_heads
+    scale = dim**-0.5 if scaling is None else scaling
+    with torch.autocast("cpu", enabled=False):
+        q, k, v = (t[0].to(torch.bfloat16) for t in (query, key, value))  # [H, T, D]
+        outputs = []
+        for start, end in _examples(bounds):
+            n = end - start
+            if n > MATMUL_ATTENTION_MAX_LEN:
+                qi, ki, vi = (t[None, :, start:end].float() for t in (q, k, v))
+                out = _flash_causal(qi, ki, vi, scaling)[0]  # fp32: see packed_sdpa_attention
+                outputs.append(out.transpose(0, 1).bfloat16())
+                continue
+            rows = q[:, start:end].reshape(kv_heads, groups * n, dim)  # head-major, as GQA groups
+            scores = torch.baddbmm(
+                _causal_bias(n, groups), rows, k[:, start:end].transpose(1, 2), alpha=scale
+            )
+            out = torch.bmm(torch.softmax(scores, dim=-1), v[:, start:end])  # [KV, G·n, D]
+            outputs.append(out.view(heads, n, dim).transpose(0, 1))  # [n, H, D]
+        return torch.cat(outputs).unsqueeze(0)
 
 
 @functools.cache
