@@ -11,13 +11,15 @@ steps so that machine noise hits both alike:
     `DataCollatorForSeq2Seq(pad_to_multiple_of=8)`, the model's own loss (lm_head + CE on
     every position); fp32 on CPU, bf16 autocast on CUDA (alpaca-lora's fp16=True there);
 (b) llamaforge: batched cached tokenization (`tokenize_records`), padding-free packing
-    (`DataCollatorWithFlattening` + per-example attention, varlen flash on CUDA), loss on
-    trained positions only (`TrainedPositionsTrainer.compute_loss`), bf16 autocast where the
+    (`DataCollatorWithFlattening` + per-example attention: bf16 matmuls on the CPU, varlen
+    flash on CUDA), loss on trained positions only (`TrainedPositionsTrainer.compute_loss`,
+    cross-entropy in fp32 a few rows at a time), bf16 autocast where the
     hardware supports it with the frozen base stored in bf16 and the adapter in fp32, LoRA
     inputs left uncast, and our cheaper CPU LoRA dropout mask, as `run_sft`.
 
 Both sides' losses on the fixed evaluation batch are computed in fp32 with each trained
-adapter on the same fp32 base weights.
+adapter on the same fp32 base weights. The fp32 and bf16 matmul ceilings are measured before
+training and after every step pair; MFU uses their medians (the JSON gives their ranges).
 
 Peak memory is measured per side in a fresh subprocess (same steps, same batches), as the
 process's resident high-water mark during training (reset after loading), or the GPU's
@@ -33,6 +35,7 @@ import copy
 import gc
 import json
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -337,9 +340,18 @@ def main() -> None:
     if args.memory_only:
         memory_only(args.memory_only, min(args.steps, 8), args.records, args.model)
         return
-    fp32, bf16 = matmul_ceiling(torch.float32), matmul_ceiling(torch.bfloat16)
+    # The ceilings are measured before training and again after every step pair: on a
+    # shared machine they drift with the neighbours' load, so MFU uses their medians.
+    ceilings: dict[torch.dtype, list[float]] = {torch.float32: [], torch.bfloat16: []}
+
+    def measure_ceilings() -> None:
+        for dtype, samples in ceilings.items():
+            samples.append(matmul_ceiling(dtype))
+
+    measure_ceilings()
     print(
-        f"matmul ceilings: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
+        f"matmul ceilings: fp32 {ceilings[torch.float32][0]:.0f} GFLOP/s, "
+        f"bf16 {ceilings[torch.bfloat16][0]:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
     )
 
     all_rows, source = load_rows(args.records)
@@ -363,6 +375,7 @@ def main() -> None:
             if step >= warmup:
                 totals[name][0] += tokens
                 totals[name][1] += seconds
+        measure_ceilings()
         if step % 10 == 0:
             print(f"step {step}/{steps}", flush=True)
     reference = sides["a"]["model"]  # fp32 base, never changed: only the adapter trains
@@ -376,6 +389,7 @@ def main() -> None:
     mean_len = sum(len(e["input_ids"]) for e in sides["b"]["examples"]) / len(
         sides["b"]["examples"]
     )
+    fp32, bf16 = (statistics.median(ceilings[dtype]) for dtype in (torch.float32, torch.bfloat16))
     flops_per_token = 4 * n_params + 12 * config.num_hidden_layers * config.hidden_size * mean_len
     tps = {name: tokens / seconds for name, (tokens, seconds, _) in totals.items()}
     precision = {name: side["precision"] for name, side in sides.items()}
@@ -401,6 +415,7 @@ def main() -> None:
     )
     print(
         f"MFU: a {100 * mfu['a']:.1f} % of {precision['a']}, b {100 * mfu['b']:.1f} % of {precision['b']}"
+        f" (median ceilings during the run: fp32 {fp32:.0f}, bf16 {bf16:.0f} GFLOP/s)"
     )
     print(
         f"eval loss after the same {totals['a'][0]} trained tokens: a {losses['a']:.4f}, b {losses['b']:.4f}"
@@ -420,6 +435,8 @@ def main() -> None:
                 "device": DEVICE.type,
                 "fp32_gflops": round(fp32, 1),
                 "bf16_gflops": round(bf16, 1),
+                "fp32_gflops_range": [round(f(ceilings[torch.float32]), 1) for f in (min, max)],
+                "bf16_gflops_range": [round(f(ceilings[torch.bfloat16]), 1) for f in (min, max)],
                 "peak_rss_a": rss["a"],
                 "peak_rss_b": rss["b"],
                 "peak_rss_ratio": round(rss["b"] / rss["a"], 3),

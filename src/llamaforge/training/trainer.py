@@ -5,7 +5,7 @@ tokens whose labels are -100, yet `LlamaForCausalLM` projects every position thr
 lm_head (576 × 49152 for SmolLM2: a third of the model's FLOPs) and TRL/transformers
 offer no CPU-friendly way around it (Liger's fused CE needs Triton). transformers'
 public `logits_to_keep` accepts a boolean mask, so we ask the model for logits at the
-trained positions only and compute the cross-entropy on those.
+trained positions only and compute the cross-entropy on those (`cross_entropy_sum`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from llamaforge.config.sections import RunConfig
+from llamaforge.training.cross_entropy import cross_entropy_sum
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class TrainedPositionsTrainer(Trainer):
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # [K, V]
         targets = shifted[shifted != -100]  # [K], same row-major order as `keep`
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+        loss = cross_entropy_sum(logits, targets)
         if num_items_in_batch is None or not model.training:
             loss = loss / max(targets.numel(), 1)
         else:
