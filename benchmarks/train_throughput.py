@@ -15,7 +15,8 @@ steps so that machine noise hits both alike:
     flash on CUDA), loss on trained positions only (`TrainedPositionsTrainer.compute_loss`,
     cross-entropy in fp32 a few rows at a time), bf16 autocast where the
     hardware supports it with the frozen base stored in bf16 and the adapter in fp32, LoRA
-    inputs left uncast, and our cheaper CPU LoRA dropout mask, as `run_sft`.
+    inputs left uncast, our cheaper CPU LoRA dropout mask and the frozen weights pre-packed
+    for oneDNN on the CPU, as `run_sft`.
 
 Both sides' losses on the fixed evaluation batch are computed in fp32 with each trained
 adapter on the same fp32 base weights. The fp32 and bf16 matmul ceilings are measured before
@@ -119,6 +120,7 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
     from llamaforge.data import tokenize_records
     from llamaforge.data.formats import Conversation, Message
     from llamaforge.training.packing import packing_collator, use_packed_attention
+    from llamaforge.training.prepack import prepacked_frozen_linears
     from llamaforge.training.trainer import (
         TrainedPositionsTrainer,
         base_weights_dtype,
@@ -174,6 +176,9 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         examples = [dict(x) for x in dataset]
         collator = packing_collator()
         precision = resolve_precision(cfg.training.precision)
+        fast_paths = contextlib.ExitStack()  # held for the whole run, as run_sft's training
+        if precision == "bf16":
+            fast_paths.enter_context(prepacked_frozen_linears(model))
 
         def context() -> Any:  # as run_sft: autocast, adapter inputs not cast to fp32
             stack = contextlib.ExitStack()
@@ -205,6 +210,7 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         "optimizer": optimizer,
         "tokenize_s": tokenize_s,
         "precision": precision,
+        "fast_paths": fast_paths if side == "b" else None,
     }
 
 

@@ -8,6 +8,7 @@ runs causally within each example (training/packing.py), so no example attends t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -38,6 +39,7 @@ from llamaforge.training.callbacks import (
 from llamaforge.training.distributed import check_launch, check_world_size, is_main_process
 from llamaforge.training.packing import packing_collator, use_packed_attention
 from llamaforge.training.preflight import print_preflight
+from llamaforge.training.prepack import prepacked_frozen_linears
 from llamaforge.training.summary import write_metadata, write_summary
 from llamaforge.training.trainer import (
     TrainedPositionsTrainer,
@@ -150,36 +152,45 @@ def run_sft(cfg: RunConfig) -> Path:
     )
     trainer.remove_callback(PrinterCallback)  # RunLogCallback shows and records the logs
     precision = resolve_precision(cfg.training.precision)
-    if is_main_process():
-        if checkpoint is not None:
-            rundir.truncate_log(run_dir, int(checkpoint.name.split("-")[1]))
-            logger.info("resuming from %s", checkpoint)
-        write_metadata(
-            run_dir, cfg, data_hash=data_hash, fingerprint=fingerprint, world_size=world_size
-        )
-        print_preflight(
-            trainer,
-            trainable=trainable,
-            total=total,
-            precision=precision,
-            packing=packing,
-            num_train=len(train_set),
-            num_val=len(val_set) if val_set is not None else 0,
-        )
+    # Frozen bf16 CPU weights packed once for oneDNN (one process; see training/prepack.py),
+    # before the pre-flight so that its calibration and memory figures include them.
+    single_process = world_size == 1 and not (cfg.training.deepspeed or cfg.training.fsdp)
+    fast_linears = (
+        prepacked_frozen_linears(model)
+        if single_process and precision == "bf16"
+        else contextlib.nullcontext(0)
+    )
+    with fast_linears:
+        if is_main_process():
+            if checkpoint is not None:
+                rundir.truncate_log(run_dir, int(checkpoint.name.split("-")[1]))
+                logger.info("resuming from %s", checkpoint)
+            write_metadata(
+                run_dir, cfg, data_hash=data_hash, fingerprint=fingerprint, world_size=world_size
+            )
+            print_preflight(
+                trainer,
+                trainable=trainable,
+                total=total,
+                precision=precision,
+                packing=packing,
+                num_train=len(train_set),
+                num_val=len(val_set) if val_set is not None else 0,
+            )
 
-    from peft.helpers import disable_input_dtype_casting
+        from peft.helpers import disable_input_dtype_casting
 
-    start = time.monotonic()
-    interrupt.install()
-    # Under autocast the adapter's matmuls run in bf16/fp16 whatever its input's dtype, so
-    # peft's copy of every adapter input to the fp32 of its weights (and fp32 dropout on the
-    # copy) is pure cost: ~5 % of a LoRA step on the CPU. Safe only while autocast is on.
-    no_input_cast = disable_input_dtype_casting(model, active=precision != "fp32")
-    try:
-        with no_input_cast:
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        interrupt.restore()
+        start = time.monotonic()
+        interrupt.install()
+        # Under autocast the adapter's matmuls run in bf16/fp16 whatever its input's dtype, so
+        # peft's copy of every adapter input to the fp32 of its weights (and fp32 dropout on the
+        # copy) is pure cost: ~5 % of a LoRA step on the CPU. Safe only while autocast is on.
+        no_input_cast = disable_input_dtype_casting(model, active=precision != "fp32")
+        try:
+            with no_input_cast:
+                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        finally:
+            interrupt.restore()
     if interrupt.interrupted:
         raise TrainingInterrupted(
             f"interrupted: checkpoint-{trainer.state.global_step} saved in {run_dir}; "

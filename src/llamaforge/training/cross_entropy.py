@@ -9,7 +9,8 @@ Here the fp32 work runs on blocks of rows small enough to stay in the CPU's cach
 forward keeps one log-sum-exp per row, the backward rebuilds the softmax from the saved
 bf16 logits and writes the bf16 gradient directly. Same loss and gradient in fp32 math,
 and no fp32 copy of the logits held for the backward. On the 2-core CPU, forward + backward
-for 300 × 49152 bf16 logits: 105 → 32 ms (microbenchmark).
+for 300 × 49152 bf16 logits took 105 → 32 ms alone; inside a whole LoRA step the time saved
+was within the machine's noise, the memory was not (benchmark peak RSS 1.70 → 1.60 GiB).
 """
 
 from __future__ import annotations
