@@ -140,6 +140,7 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         ],
     )
     model = copy.deepcopy(base)
+    fast_paths = contextlib.ExitStack()  # b: held for the whole run, as run_sft's training
     if side == "b":  # as run_sft: the frozen base in the training precision, packed attention
         model.to(getattr(torch, base_weights_dtype(cfg)))
         use_packed_attention(model)
@@ -176,7 +177,6 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         examples = [dict(x) for x in dataset]
         collator = packing_collator()
         precision = resolve_precision(cfg.training.precision)
-        fast_paths = contextlib.ExitStack()  # held for the whole run, as run_sft's training
         if precision == "bf16":
             fast_paths.enter_context(prepacked_frozen_linears(model))
 
@@ -210,7 +210,7 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         "optimizer": optimizer,
         "tokenize_s": tokenize_s,
         "precision": precision,
-        "fast_paths": fast_paths if side == "b" else None,
+        "fast_paths": fast_paths,
     }
 
 
