@@ -38,15 +38,17 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
 
 
-def build_tiny_llama(tokenizer, *, initializer_range: float = 0.02, max_positions: int = 512):
+def build_tiny_llama(
+    tokenizer, *, initializer_range: float = 0.02, max_positions: int = 512, hidden_size: int = 32
+):
     """A 2-layer random Llama sharing `tokenizer`'s vocabulary (GQA, tied), seeded."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -1,5 +1,5 @@
-"""Fixtures for export tests: LoRA adapters with random (non-zero) B matrices built with peft
-on `tiny_model_dir` (tests/conftest.py) and saved with save_pretrained."""
+"""Fixtures for export tests: tiny Llamas written as HF directories, and LoRA adapters with
+random (non-zero) B matrices built with peft and saved with save_pretrained."""
 
 from __future__ import annotations
 
@@ -45,3 +45,16 @@ def make_adapter(tmp_path, smollm2_tokenizer) -> Callable[..., Path]:
         return path
 
     return build
+
+
+@pytest.fixture(scope="session")
+def save_tiny_llama(make_tiny_llama, smollm2_tokenizer) -> Callable[[Path], Path]:
+    """Write tests/conftest.py's tiny Llama at hidden 64 (bitsandbytes' CPU 4-bit path needs
+    ≥ 64 input features per layer) and the real tokenizer to a directory."""
+
+    def save(path: Path) -> Path:
+        make_tiny_llama(hidden_size=64).save_pretrained(path)
+        smollm2_tokenizer.save_pretrained(path)
+        return path
+
+    return save

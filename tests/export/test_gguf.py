@@ -14,29 +14,9 @@ IDS = [[1, 504, 3458, 282, 4649, 314, 2, 17, 30, 49151], [28, 15, 9000, 40000, 1
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, smollm2_tokenizer):
-    """conftest's tiny_llama (GQA, tied) at hidden 64, shared by the whole module."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        rope_theta=10000.0,
-        bos_token_id=smollm2_tokenizer.bos_token_id,
-        eos_token_id=smollm2_tokenizer.eos_token_id,
-        pad_token_id=smollm2_tokenizer.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("gguf") / "tiny"
-    LlamaForCausalLM(config).save_pretrained(path)
-    smollm2_tokenizer.save_pretrained(path)
-    return path
+def tiny_dir(tmp_path_factory, save_tiny_llama):
+    """conftest's tiny Llama (GQA, tied) at hidden 64, shared by the whole module."""
+    return save_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny")
 
 
 @pytest.fixture(scope="module")

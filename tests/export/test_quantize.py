@@ -12,25 +12,8 @@ from llamaforge.export.quantize import quantize_bnb
 
 
 @pytest.fixture
-def model64_dir(smollm2_tokenizer, tmp_path):
-    # hidden 64: bitsandbytes' CPU 4-bit path needs >= 64 input features per layer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    path = tmp_path / "base64"
-    LlamaForCausalLM(config).save_pretrained(path)
-    smollm2_tokenizer.save_pretrained(path)
-    return path
+def model64_dir(save_tiny_llama, tmp_path):
+    return save_tiny_llama(tmp_path / "base64")
 
 
 @pytest.mark.parametrize(("bits", "layer"), [(4, "Linear4bit"), (8, "Linear8bitLt")])
