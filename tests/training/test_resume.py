@@ -81,7 +81,11 @@ def test_resume_continues_with_resumable_changes_and_ignores_unmarked_checkpoint
     with pytest.raises(ConfigError, match="no marker file"):
         resolve_resume(finished_run, str(finished_run / "checkpoint-4"), fingerprint)
 
-    args = cli_args(tiny_model_dir, overfit_data, finished_run, "max_steps=6", "save_total_limit=5")
+    # The same records from another path: the data is identified by content, not location.
+    moved = tmp_path / "moved" / "renamed.json"
+    moved.parent.mkdir()
+    moved.write_bytes(overfit_data.read_bytes())
+    args = cli_args(tiny_model_dir, moved, finished_run, "max_steps=6", "save_total_limit=5")
     assert main([*args, "resume_from_checkpoint=auto"]) == 0
     log = read_log(finished_run)
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]  # steps 3-4 logged again, once

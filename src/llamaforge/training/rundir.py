@@ -42,8 +42,11 @@ PLOT_NAME = "loss.png"
 CHECKPOINT_MARKER = "llamaforge_checkpoint.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
-# Keys that may change between a run and its resumption without breaking it.
+# Keys that may change between a run and its resumption without breaking it. The dataset's
+# location may: its tokenized content is in the fingerprint (data_hash), so a moved or renamed
+# file with the same records resumes, and changed records are refused.
 RESUMABLE_CHANGES = {
+    "dataset",
     "output_dir",
     "resume_from_checkpoint",
     "logging_steps",
