@@ -64,10 +64,29 @@ def test_nothing_is_packed_when_memory_is_short(bf16_lora, monkeypatch):
 
 
 def test_fp32_and_trained_layers_are_left_alone(make_tiny_llama):
-    model = make_tiny_llama()  # fp32
-    model.lm_head.weight.requires_grad_(True)
+    with prepacked_frozen_linears(make_tiny_llama().requires_grad_(False)) as switched:
+        assert switched == 0  # fp32 weights
+    model = make_tiny_llama().to(torch.bfloat16).requires_grad_(False)
+    model.lm_head.weight.requires_grad_(True)  # tied: the embedding trains too
     with prepacked_frozen_linears(model) as switched:
-        assert switched == 0
+        assert switched == 14  # q/k/v/o/gate/up/down of 2 layers, not lm_head
+        assert "forward" not in model.lm_head.__dict__
+
+
+def test_a_failure_while_packing_restores_every_layer(bf16_lora, monkeypatch):
+    calls = []
+
+    def reorder(weight, rows):
+        calls.append(weight)
+        if len(calls) > 5:
+            raise RuntimeError("out of memory")
+        return weight
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", reorder)
+    with pytest.raises(RuntimeError, match="out of memory"), prepacked_frozen_linears(bf16_lora):
+        pass
+    assert len(calls) == 6
+    assert not any("forward" in m.__dict__ for m in bf16_lora.modules())
 
 
 def test_fp32_input_without_autocast_keeps_the_original_behaviour():

@@ -103,14 +103,14 @@ def prepacked_frozen_linears(model: nn.Module) -> Iterator[int]:
             logger.info("frozen weights not pre-packed: %.1f GiB would not fit", extra / 2**30)
         yield 0
         return
-    for layer in layers:
-        weight = layer.weight.detach()
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
-        packed_t = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), _ROWS_HINT)
-        layer.forward = functools.partial(_packed_forward, layer, packed, packed_t)  # type: ignore[method-assign]
-    logger.debug("%d frozen linear layers on pre-packed weights", len(layers))
-    try:
+    try:  # a failure while packing (memory) also gives every layer its forward back
+        for layer in layers:
+            weight = layer.weight.detach()
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
+            packed_t = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), _ROWS_HINT)
+            layer.forward = functools.partial(_packed_forward, layer, packed, packed_t)  # type: ignore[method-assign]
+        logger.debug("%d frozen linear layers on pre-packed weights", len(layers))
         yield len(layers)
     finally:
         for layer in layers:
-            del layer.forward  # back to nn.Linear.forward
+            layer.__dict__.pop("forward", None)  # back to nn.Linear.forward
