@@ -139,3 +139,35 @@ def test_every_shipped_yaml_validates() -> None:
             f"{path} must start with the command that runs it"
         )
         load_run_config(path)
+
+
+def test_seed_is_the_training_seed_and_sampling_has_its_own_key(tmp_path: Path) -> None:
+    for cfg in (
+        load_run_config(None, ["seed=7"]),
+        load_run_config(None, ["training.seed=7"]),
+        _yaml_config(tmp_path, "seed: 7\n"),
+        _yaml_config(tmp_path, "training: {seed: 7}\n"),
+    ):
+        assert cfg.training.seed == 7 and cfg.generation.sampling_seed is None
+    cfg = load_run_config(None, ["sampling_seed=3"])
+    assert cfg.generation.sampling_seed == 3 and cfg.training.seed == 42
+
+
+def test_a_key_name_in_two_sections_is_refused_when_the_key_map_is_built() -> None:
+    import dataclasses
+
+    from llamaforge.config.loader import field_sections
+    from llamaforge.config.sections import SECTIONS
+
+    @dataclasses.dataclass(frozen=True)
+    class Clash:
+        seed: int = 0
+
+    with pytest.raises(TypeError, match="'seed' is defined in sections 'training' and 'clash'"):
+        field_sections({**SECTIONS, "clash": Clash})
+
+
+def _yaml_config(tmp_path: Path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return load_run_config(path)

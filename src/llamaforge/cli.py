@@ -33,7 +33,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, dest="sampling_seed", help="sampling seed")
     p.add_argument("--template", default=None, help="chat (default), alpaca, vigogne, llama3, ...")
     p.add_argument("--system", default=None, help="system prompt")
 
@@ -58,7 +58,7 @@ GENERATION_FLAGS = (
     "repetition_penalty",
     "do_sample",
     "stop",
-    "seed",
+    "sampling_seed",
     "template",
     "system_prompt",
 )

@@ -158,10 +158,12 @@ def test_generation_thread_errors_reach_the_consumer(tiny_engine, monkeypatch):
 
 
 def test_seed_makes_sampling_reproducible(tiny_engine):
-    sample = GenerationConfig(temperature=1.0, top_k=0, max_new_tokens=8, seed=1)
+    sample = GenerationConfig(temperature=1.0, top_k=0, max_new_tokens=8, sampling_seed=1)
     first = tiny_engine.generate(PROMPTS[:2], sample)
     again = tiny_engine.generate(PROMPTS[:2], sample)
-    other = tiny_engine.generate(PROMPTS[:2], GenerationConfig(**{**sample.__dict__, "seed": 2}))
+    other = tiny_engine.generate(
+        PROMPTS[:2], GenerationConfig(**{**sample.__dict__, "sampling_seed": 2})
+    )
     assert first == again
     assert [r.token_ids for r in first] != [r.token_ids for r in other]
     assert first[0].token_ids != tiny_engine.generate(PROMPTS[:1], GREEDY)[0].token_ids[:8]

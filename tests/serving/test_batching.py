@@ -167,13 +167,13 @@ def test_repetition_penalty_matches_generate(scheduler, engine):
 
 
 def test_seeded_sampling_is_the_same_alone_and_in_a_batch(scheduler, engine):
-    gen = GenerationConfig(temperature=1.0, top_k=40, top_p=0.9, max_new_tokens=15, seed=7)
+    gen = GenerationConfig(temperature=1.0, top_k=40, top_p=0.9, max_new_tokens=15, sampling_seed=7)
     alone, _ = submit(scheduler, engine, PROMPTS[2], gen)
     wait_all([alone])
     others = [submit(scheduler, engine, p, GREEDY)[0] for p in PROMPTS]
     batched, _ = submit(scheduler, engine, PROMPTS[2], gen)
     other_seed, _ = submit(
-        scheduler, engine, PROMPTS[2], GenerationConfig(**{**gen.__dict__, "seed": 8})
+        scheduler, engine, PROMPTS[2], GenerationConfig(**{**gen.__dict__, "sampling_seed": 8})
     )
     wait_all([*others, batched, other_seed])
     assert batched.result == alone.result

@@ -40,9 +40,24 @@ ALIASES: dict[str, str] = {
 # alpaca-lora keys with no effect here; accepted (with a note) so its configs run unchanged.
 IGNORED_KEYS = {"wandb_project", "wandb_run_name", "wandb_watch", "wandb_log_model"}
 
-FIELD_SECTION: dict[str, str] = {
-    f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
-}
+
+def field_sections(sections: Mapping[str, type]) -> dict[str, str]:
+    """Key name → its section. A name in two sections could not be set flat or by
+    ``key=value`` without silently picking one (``seed`` once meant only sampling), so it
+    is a programming error, raised when the map is built."""
+    owner: dict[str, str] = {}
+    for section, cls in sections.items():
+        for f in dataclasses.fields(cls):
+            if f.name in owner:
+                raise TypeError(
+                    f"config key '{f.name}' is defined in sections '{owner[f.name]}' and "
+                    f"'{section}'; give one of them another name"
+                )
+            owner[f.name] = section
+    return owner
+
+
+FIELD_SECTION: dict[str, str] = field_sections(SECTIONS)
 _HINTS: dict[str, dict[str, Any]] = {
     section: typing.get_type_hints(cls) for section, cls in SECTIONS.items()
 }

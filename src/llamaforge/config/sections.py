@@ -178,8 +178,8 @@ class GenerationConfig:
     """Force sampling on/off; default: sample when temperature > 0 and num_beams == 1."""
     stop: tuple[str, ...] = ()
     """Stop strings: generation ends when one appears (it is not included)."""
-    seed: int | None = None
-    """Seed for sampling (reproducible outputs)."""
+    sampling_seed: int | None = None
+    """Seed for sampling (reproducible outputs); the CLI's ``--seed`` and the API's ``seed``."""
 
 
 SECTIONS: dict[str, type] = {

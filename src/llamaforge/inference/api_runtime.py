@@ -126,9 +126,11 @@ class RequestRows:
             for j in range(n):
                 index = len(self.requests)
                 row_gen = gen
-                if gen.seed is not None and j:
+                if gen.sampling_seed is not None and j:
                     # n seeded choices differ from each other and are each reproducible.
-                    row_gen = dataclasses.replace(gen, seed=(gen.seed + j) % 2**63)
+                    row_gen = dataclasses.replace(
+                        gen, sampling_seed=(gen.sampling_seed + j) % 2**63
+                    )
                 self.requests.append(
                     GenerationRequest(
                         model=served.name,

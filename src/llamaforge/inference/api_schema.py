@@ -245,7 +245,7 @@ def generation_config(
     overrides: dict[str, Any] = {
         "max_new_tokens": budget if budget is not None else defaults.max_new_tokens,
         "stop": request.stop_strings(),
-        "seed": request.seed,
+        "sampling_seed": request.seed,
     }
     for name in ("temperature", "top_p", "top_k", "repetition_penalty", "num_beams"):
         value = getattr(request, name)

@@ -15,7 +15,7 @@ Contract:
   what :meth:`GenerationEngine.generate` returns for the same token ids (greedy decoding of a
   request alone gives the same tokens as ``generate``; batched rows match up to float noise).
 - Sampling is per request: temperature, top_k, top_p, repetition_penalty, and a private
-  ``torch.Generator`` seeded from ``seed``, so a seeded request gives the same text whatever
+  ``torch.Generator`` seeded from ``sampling_seed``, so a seeded request gives the same text whatever
   else is in the batch. ``num_beams > 1`` runs ``GenerationEngine.generate`` on the
   scheduler thread (it pauses the batch while it runs) and arrives as one piece.
 - Several served models can share one peft model: each :class:`ServedModel` names its
@@ -157,8 +157,8 @@ class _Row:
         self.generator: torch.Generator | None = None
         if self.sample:
             self.generator = torch.Generator()
-            if gen.seed is not None:
-                self.generator.manual_seed(gen.seed)
+            if gen.sampling_seed is not None:
+                self.generator.manual_seed(gen.sampling_seed)
             else:
                 self.generator.seed()
 

@@ -436,8 +436,8 @@ class GenerationEngine:
             [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded]
         )
         device = self.model.device
-        if gen.seed is not None:
-            torch.manual_seed(gen.seed)
+        if gen.sampling_seed is not None:
+            torch.manual_seed(gen.sampling_seed)
         config = to_generation_config(
             gen, stop_token_ids=sorted(self.stop_token_ids), pad_token_id=pad_id
         )
