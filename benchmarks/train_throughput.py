@@ -119,14 +119,10 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
     from llamaforge.config import load_run_config
     from llamaforge.data import tokenize_records
     from llamaforge.data.formats import Conversation, Message
+    from llamaforge.training.harness import RunPlan, base_weights_dtype, training_arguments
     from llamaforge.training.packing import packing_collator, use_packed_attention
     from llamaforge.training.prepack import prepacked_frozen_linears
-    from llamaforge.training.trainer import (
-        TrainedPositionsTrainer,
-        base_weights_dtype,
-        resolve_precision,
-        to_training_arguments,
-    )
+    from llamaforge.training.trainer import TrainedPositionsTrainer, resolve_precision
 
     cfg = load_run_config(
         None,
@@ -142,7 +138,7 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
     model = copy.deepcopy(base)
     fast_paths = contextlib.ExitStack()  # b: held for the whole run, as run_sft's training
     if side == "b":  # as run_sft: the frozen base in the training precision, packed attention
-        model.to(getattr(torch, base_weights_dtype(cfg)))
+        model.to(getattr(torch, base_weights_dtype(cfg, resolve_precision("auto"))))
         use_packed_attention(model)
     torch.manual_seed(0)  # identical LoRA initialisation on both sides
     if side == "a":  # plain peft, as alpaca-lora
@@ -191,7 +187,21 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
         with tempfile.TemporaryDirectory() as out:
             trainer = TrainedPositionsTrainer(
                 model=model,
-                args=to_training_arguments(cfg, Path(out), has_eval=False, world_size=1),
+                args=training_arguments(
+                    cfg,
+                    RunPlan(
+                        stage="sft",
+                        run_dir=Path(out),
+                        precision=precision,
+                        base_dtype=base_weights_dtype(cfg, precision),
+                        quantization_bit=None,
+                        packing=True,
+                        world_size=1,
+                        resume=None,
+                        sharded=False,
+                    ),
+                    has_eval=False,
+                ),
                 train_dataset=examples,
                 data_collator=collator,
             )

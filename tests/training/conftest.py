@@ -1,4 +1,4 @@
-"""Fixtures for training tests: a shared model cache, data files, hooks into `run_sft`.
+"""Fixtures for training tests: a shared model cache, data files, hooks into the harness.
 
 Every test in this directory shares one LLAMAFORGE_CACHE for the session, so the bundled
 model is dequantized once (~30-50 s) however many real-model tests run, and subprocesses
@@ -50,11 +50,11 @@ def overfit_data(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def capture_attach(monkeypatch: pytest.MonkeyPatch) -> Iterator[AttachedModel]:
-    """Record what `attach_adapter` hands to the trainer inside `run_sft`."""
-    import llamaforge.methods.sft as sft
+    """Record what `attach_adapter` hands to the trainer inside a stage (the harness)."""
+    import llamaforge.training.harness as harness
 
     captured = AttachedModel()
-    real = sft.attach_adapter
+    real = harness.attach_adapter
 
     def attach(model: Any, cfg: Any, **kwargs: Any) -> Any:
         model = real(model, cfg, **kwargs)
@@ -65,23 +65,23 @@ def capture_attach(monkeypatch: pytest.MonkeyPatch) -> Iterator[AttachedModel]:
                 captured.trainable.add(name)
         return model
 
-    monkeypatch.setattr(sft, "attach_adapter", attach)
+    monkeypatch.setattr(harness, "attach_adapter", attach)
     yield captured
 
 
 @pytest.fixture
 def extra_callbacks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Callbacks appended here join the Trainer that `run_sft` builds."""
-    import llamaforge.methods.sft as sft
+    """Callbacks appended here join the Trainer of any stage (added by the harness)."""
+    import llamaforge.training.harness as harness
 
     callbacks: list[Any] = []
-    real_trainer = sft.TrainedPositionsTrainer
+    real = harness.stage_callbacks
 
-    def trainer(*args: Any, **kwargs: Any) -> Any:
-        kwargs["callbacks"] = [*callbacks, *kwargs.get("callbacks", [])]
-        return real_trainer(*args, **kwargs)
+    def stage_callbacks(*args: Any, **kwargs: Any) -> Any:
+        log, interrupt, own = real(*args, **kwargs)
+        return log, interrupt, [*callbacks, *own]
 
-    monkeypatch.setattr(sft, "TrainedPositionsTrainer", trainer)
+    monkeypatch.setattr(harness, "stage_callbacks", stage_callbacks)
     return callbacks
 
 

@@ -11,7 +11,8 @@ from training_helpers import AttachedModel, logged_losses, tiny_config, write_al
 
 from llamaforge.config import load_run_config
 from llamaforge.methods.sft import run_sft
-from llamaforge.training.trainer import base_weights_dtype, cpu_supports_bf16
+from llamaforge.training.harness import base_weights_dtype
+from llamaforge.training.trainer import cpu_supports_bf16
 
 
 @pytest.mark.parametrize(
@@ -31,7 +32,7 @@ def test_base_weights_dtype(method, precision, dtype, expected):
     cfg = load_run_config(
         None, [f"finetuning={method}", f"precision={precision}", f"dtype={dtype}"]
     )
-    assert base_weights_dtype(cfg) == expected
+    assert base_weights_dtype(cfg, precision) == expected
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no bf16 support")

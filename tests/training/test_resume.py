@@ -18,7 +18,7 @@ from training_helpers import OVERFIT_RECORDS, read_log, tiny_config, write_alpac
 from llamaforge.cli import main
 from llamaforge.errors import ConfigError
 from llamaforge.methods.sft import run_sft
-from llamaforge.training.rundir import CHECKPOINT_MARKER, resolve_resume
+from llamaforge.rundir import CHECKPOINT_MARKER, resolve_resume
 
 
 def cli_args(model_dir: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from training_helpers import read_log, write_alpaca
 
-from llamaforge.training.rundir import CHECKPOINT_MARKER
+from llamaforge.rundir import CHECKPOINT_MARKER
 
 CAPITALS = [
     ("France", "Paris"),

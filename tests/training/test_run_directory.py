@@ -16,7 +16,7 @@ from llamaforge.data import tokenize_records
 from llamaforge.data.registry import load_dataset_records
 from llamaforge.methods.sft import run_sft
 from llamaforge.models import load_model
-from llamaforge.training.rundir import CHECKPOINT_MARKER
+from llamaforge.rundir import CHECKPOINT_MARKER
 
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
 RUN_FILES = {

@@ -14,12 +14,14 @@ from llamaforge.cli import main
 
 @pytest.fixture
 def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llamaforge.methods.pt as pt
     import llamaforge.methods.sft as sft
 
     def refuse(*args, **kwargs):
         pytest.fail("the model was loaded before the input was checked")
 
     monkeypatch.setattr(sft, "load_model", refuse)
+    monkeypatch.setattr(pt, "load_model", refuse)
 
 
 def train_error(capsys: pytest.CaptureFixture[str], *overrides: str) -> str:

@@ -1,5 +1,7 @@
 """Our FinetuningConfig → what is trainable: peft LoRA/DoRA/prefix/prompt, full, or freeze.
 
+What each kind does is read from the one table ``config.finetuning.FINETUNING``.
+
 `attach_adapter(model, cfg)` returns the model to train. Every parameter is either
 trainable or frozen after it; `trainable_summary` reports the split. The translation to
 peft's config classes happens only in `to_peft_config`, so an upstream rename touches
@@ -15,12 +17,16 @@ import torch
 from torch import nn
 
 from llamaforge.adapters.dropout import use_fast_lora_dropout
+from llamaforge.config.finetuning import FINETUNING
 from llamaforge.config.sections import FinetuningConfig
 from llamaforge.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
-PEFT_METHODS = ("lora", "qlora", "prefix", "prompt")
+# The task peft is told per head (models/loader.py HEADS), and the head's own layer, which a
+# peft model must save in full: a one-output score head is new, randomly initialised, and
+# would be initialised again at load if it were not part of the adapter.
+_PEFT_TASKS = {"causal_lm": ("CAUSAL_LM", ()), "score": ("SEQ_CLS", ("score",))}
 
 
 def _check_target_modules(model: nn.Module, targets: tuple[str, ...] | str) -> None:
@@ -38,11 +44,21 @@ def _check_target_modules(model: nn.Module, targets: tuple[str, ...] | str) -> N
         )
 
 
-def to_peft_config(model: nn.Module, cfg: FinetuningConfig) -> Any:
-    """The peft config for a peft-based method."""
+def to_peft_config(
+    model: nn.Module,
+    cfg: FinetuningConfig,
+    *,
+    head: str = "causal_lm",
+    modules_to_save: tuple[str, ...] = (),
+) -> Any:
+    """The peft config for a finetuning kind that adds an adapter (``FINETUNING[...].adapter``)."""
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
 
-    if cfg.finetuning in ("lora", "qlora"):
+    task, head_modules = _PEFT_TASKS[head]
+    task_type = TaskType[task]
+    saved = [*head_modules, *modules_to_save] or None
+    adapter = FINETUNING[cfg.finetuning].adapter
+    if adapter == "lora":
         _check_target_modules(model, cfg.lora_target_modules)
         targets = (
             list(cfg.lora_target_modules)
@@ -50,7 +66,7 @@ def to_peft_config(model: nn.Module, cfg: FinetuningConfig) -> Any:
             else cfg.lora_target_modules
         )
         return LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
+            task_type=task_type,
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
@@ -58,16 +74,21 @@ def to_peft_config(model: nn.Module, cfg: FinetuningConfig) -> Any:
             use_rslora=cfg.use_rslora,
             use_dora=cfg.use_dora,
             bias="none",
+            modules_to_save=saved,
         )
-    if cfg.finetuning == "prefix":
-        return PrefixTuningConfig(
-            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens
+    if modules_to_save:
+        raise ConfigError(
+            f"finetuning={cfg.finetuning} cannot also train {', '.join(modules_to_save)}; "
+            "use finetuning=lora (or full)"
         )
-    if cfg.finetuning == "prompt":
-        return PromptTuningConfig(
-            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens
-        )
-    raise ValueError(f"{cfg.finetuning} is not a peft method")
+    builders = {"prefix": PrefixTuningConfig, "prompt": PromptTuningConfig}
+    if adapter not in builders:
+        raise ValueError(f"finetuning={cfg.finetuning} adds no peft adapter")
+    return builders[adapter](
+        task_type=task_type,
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        modules_to_save=list(head_modules) or None,
+    )
 
 
 def _freeze(model: nn.Module, cfg: FinetuningConfig) -> None:
@@ -121,25 +142,42 @@ def _keep_4bit_weights_trainable(model: nn.Module) -> None:
 
 
 def attach_adapter(
-    model: nn.Module, cfg: FinetuningConfig, *, gradient_checkpointing: bool = False
+    model: nn.Module,
+    cfg: FinetuningConfig,
+    *,
+    gradient_checkpointing: bool = False,
+    head: str = "causal_lm",
+    modules_to_save: tuple[str, ...] = (),
 ) -> nn.Module:
-    """Make `model` trainable according to `cfg`; returns the model to train."""
-    if cfg.finetuning == "full":
-        model.requires_grad_(True)
-        return model
-    if cfg.finetuning == "freeze":
-        _freeze(model, cfg)
+    """Make `model` trainable according to `cfg`; returns the model to train.
+
+    ``head`` is the head the model was loaded with (``causal_lm`` or ``score``);
+    ``modules_to_save`` names base modules an adapter trains in full (e.g. embeddings).
+    """
+    kind = FINETUNING[cfg.finetuning]
+    if kind.adapter is None:
+        if kind.partial:
+            _freeze(model, cfg)
+            for name, param in model.named_parameters():
+                if any(f"{module}." in name for module in modules_to_save):
+                    param.requires_grad_(True)
+        else:
+            model.requires_grad_(True)
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(
+        model, "is_loaded_in_8bit", False
+    )
     if getattr(model, "is_loaded_in_4bit", False):
         _keep_4bit_weights_trainable(model)
-    if cfg.finetuning == "qlora":
+    if quantized:
         # Casts norms to fp32 and enables input grads; must come before get_peft_model.
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing
         )
-    model = get_peft_model(model, to_peft_config(model, cfg))
+    peft_config = to_peft_config(model, cfg, head=head, modules_to_save=modules_to_save)
+    model = get_peft_model(model, peft_config)
     use_fast_lora_dropout(model)
     return model
 

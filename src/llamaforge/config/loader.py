@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from llamaforge.config.sections import SECTIONS, RunConfig
+from llamaforge.config.stages import STAGES
 from llamaforge.config.validate import validate_run_config
 from llamaforge.errors import ConfigError
 
@@ -57,9 +58,14 @@ def field_sections(sections: Mapping[str, type]) -> dict[str, str]:
     return owner
 
 
-FIELD_SECTION: dict[str, str] = field_sections(SECTIONS)
+# The sections every run has, then one per stage (named after it) for its own options.
+ALL_SECTIONS: dict[str, type] = {
+    **SECTIONS,
+    **{name: stage.options for name, stage in STAGES.items()},
+}
+FIELD_SECTION: dict[str, str] = field_sections(ALL_SECTIONS)
 _HINTS: dict[str, dict[str, Any]] = {
-    section: typing.get_type_hints(cls) for section, cls in SECTIONS.items()
+    section: typing.get_type_hints(cls) for section, cls in ALL_SECTIONS.items()
 }
 
 
@@ -68,7 +74,7 @@ def known_keys() -> list[str]:
 
 
 def _did_you_mean(key: str) -> str:
-    candidates = [*FIELD_SECTION, *ALIASES, *SECTIONS]
+    candidates = [*FIELD_SECTION, *ALIASES, *ALL_SECTIONS]
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     return (
         f"; did you mean '{close[0]}'?" if close else "; run `llamaforge config keys` to list keys"
@@ -186,7 +192,7 @@ def _flatten(
     """Yield (key, value, place) with section mappings opened up."""
     for key, value in data.items():
         key = str(key)
-        if key in SECTIONS and isinstance(value, dict):
+        if key in ALL_SECTIONS and isinstance(value, dict):
             for sub_key, sub_value in value.items():
                 line = lines.get(f"{key}.{sub_key}")
                 yield f"{key}.{sub_key}", sub_value, f"{where}:{line}" if line else where
@@ -206,7 +212,8 @@ def build_run_config(
 ) -> RunConfig:
     """Build a RunConfig from (key, value, place) entries; later entries win."""
     errors: list[str] = []
-    values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    values: dict[str, dict[str, Any]] = {section: {} for section in ALL_SECTIONS}
+    places: dict[str, str] = {}
     for raw_key, value, place in entries:
         section_hint, _, key = raw_key.rpartition(".")
         if key in IGNORED_KEYS:
@@ -224,12 +231,20 @@ def build_run_config(
             continue
         try:
             values[section][key] = _coerce(value, _HINTS[section][key], key)
+            places[key] = place
         except ValueError as e:
             errors.append(f"{place}: key '{key}': {e}")
-    sections = {}
-    for section, cls in SECTIONS.items():
-        sections[section] = cls(**values[section])
-    config = RunConfig(**sections, source=source)
+    sections = {section: cls(**values[section]) for section, cls in SECTIONS.items()}
+    stage = sections["training"].stage
+    for name in STAGES:
+        if name != stage:
+            errors.extend(
+                f"{places[key]}: key '{key}' belongs to stage '{name}', not '{stage}'; "
+                f"set stage: {name} or remove it"
+                for key in values[name]
+            )
+    options = STAGES[stage].options(**values[stage]) if stage in STAGES else None
+    config = RunConfig(**sections, options=options, source=source)
     errors.extend(validate_run_config(config))
     if errors:
         raise ConfigError("\n".join(errors))
@@ -268,7 +283,10 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
             return {k: plain(v) for k, v in value.items()}
         return value
 
+    sections = {section: getattr(config, section) for section in SECTIONS}
+    if config.options is not None:
+        sections[config.training.stage] = config.options
     return {
-        section: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, section)).items()}
-        for section in SECTIONS
+        name: {k: plain(v) for k, v in dataclasses.asdict(values).items()}
+        for name, values in sections.items()
     }

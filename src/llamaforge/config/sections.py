@@ -10,7 +10,9 @@ Validation lives in :mod:`llamaforge.config.validate`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ class FinetuningConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     stage: str = "sft"
-    """Training stage: sft."""
+    """Training stage: sft (supervised fine-tuning) | pt (continued pretraining on raw text).
+    Options that only one stage uses live in that stage's own section (``sft:``, ``pt:``)."""
     output_dir: str | None = None
     """Run directory; default ``runs/<stage>-<timestamp>``."""
     batch_size: int = 16
@@ -148,16 +151,12 @@ class TrainingConfig:
     """Recompute activations in backward to save memory."""
     torch_compile: bool = False
     """Compile the model with torch.compile."""
-    neftune_noise_alpha: float | None = None
-    """NEFTune: add uniform noise of this scale to embeddings while training."""
     report_to: tuple[str, ...] = ()
     """Extra loggers: tensorboard, wandb (trainer_log.jsonl is always written)."""
     deepspeed: str | None = None
     """DeepSpeed config JSON passed to the trainer."""
     fsdp: str | None = None
     """FSDP options passed to the trainer, e.g. ``full_shard auto_wrap``."""
-    predict_with_generate: bool = False
-    """After training, generate answers for the validation split and score BLEU/ROUGE."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +181,25 @@ class GenerationConfig:
     """Seed for sampling (reproducible outputs); the CLI's ``--seed`` and the API's ``seed``."""
 
 
+# One section per stage for the options only that stage uses; the section is named after
+# the stage (config/stages.py). Giving one to another stage is an error naming its stage.
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    neftune_noise_alpha: float | None = None
+    """NEFTune: add uniform noise of this scale to embeddings while training."""
+    predict_with_generate: bool = False
+    """After training, generate answers for the validation split and score BLEU/ROUGE."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    train_embeddings: bool = False
+    """With LoRA, also train the input embeddings and lm_head in full (peft
+    ``modules_to_save``): for text in a new language or with new tokens."""
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -198,8 +216,16 @@ class RunConfig:
     finetuning: FinetuningConfig = field(default_factory=FinetuningConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    options: Any = None
+    """The options section of ``training.stage`` (an ``SFTConfig`` for sft, ...)."""
     source: str | None = None
     """The YAML file this config came from (None when built from overrides alone)."""
+
+    def stage_options(self, kind: type[T]) -> T:
+        """The stage's own options, typed: ``cfg.stage_options(SFTConfig)``."""
+        if not isinstance(self.options, kind):
+            raise TypeError(f"stage '{self.training.stage}' has {self.options!r}, not {kind}")
+        return self.options
 
     @property
     def gradient_accumulation_steps(self) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from llamaforge.config.sections import GenerationConfig, RunConfig
+from llamaforge.config.finetuning import FINETUNING
+from llamaforge.config.sections import GenerationConfig, RunConfig, SFTConfig
+from llamaforge.config.stages import STAGES
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -14,8 +16,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "flex_attention",
     ),
     "format": ("alpaca", "sharegpt", "openai", "csv", "text", "preference"),
-    "finetuning": ("lora", "qlora", "full", "freeze", "prefix", "prompt"),
-    "stage": ("sft",),
+    "finetuning": tuple(FINETUNING),
     "lr_scheduler_type": (
         "linear",
         "cosine",
@@ -59,7 +60,8 @@ def validate_run_config(cfg: RunConfig) -> list[str]:
     _choice(errors, "attn_implementation", cfg.model.attn_implementation)
     _choice(errors, "format", cfg.data.format)
     _choice(errors, "finetuning", cfg.finetuning.finetuning)
-    _choice(errors, "stage", cfg.training.stage)
+    if cfg.training.stage not in STAGES:
+        errors.append(f"key 'stage': '{cfg.training.stage}' is not one of: {', '.join(STAGES)}")
     _choice(errors, "lr_scheduler_type", cfg.training.lr_scheduler_type)
     _choice(errors, "precision", cfg.training.precision)
     for item in cfg.training.report_to:
@@ -107,7 +109,11 @@ def validate_run_config(cfg: RunConfig) -> list[str]:
         errors.append("key 'early_stopping_patience' needs a validation split (val_set_size > 0)")
     if tr.load_best_model_at_end and not cfg.data.val_set_size:
         errors.append("key 'load_best_model_at_end' needs a validation split (val_set_size > 0)")
-    if tr.neftune_noise_alpha is not None and tr.neftune_noise_alpha <= 0:
+    if (
+        isinstance(cfg.options, SFTConfig)
+        and cfg.options.neftune_noise_alpha is not None
+        and cfg.options.neftune_noise_alpha <= 0
+    ):
         errors.append("key 'neftune_noise_alpha': must be > 0")
     errors.extend(validate_generation(cfg.generation))
     return errors

@@ -93,7 +93,7 @@ def _assemble(
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 
-def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, no special tokens added (one batched call)."""
     if not texts:
         return []
@@ -120,7 +120,7 @@ def tokenize_conversation(
         template, conv.messages, tokenizer, add_eos_token=add_eos_token, source=conv.source
     )
     eos_id = _eos_id(tokenizer) if any(s.eos for s in segments) else None
-    pieces = _encode(tokenizer, [s.text for s in segments])
+    pieces = encode_texts(tokenizer, [s.text for s in segments])
     prefix = _prefix_for(template, tokenizer)
     return _assemble(segments, pieces, prefix, eos_id, cutoff_len, train_on_inputs)
 
@@ -129,7 +129,7 @@ def tokenize_text(
     doc: TextDocument, tokenizer: Any, cutoff_len: int, add_eos_token: bool = True
 ) -> list[Example]:
     """Raw text → ``cutoff_len`` chunks (BOS first, EOS last), every token trained."""
-    ids = _encode(tokenizer, [doc.text])[0]
+    ids = encode_texts(tokenizer, [doc.text])[0]
     return _chunk_text(ids, tokenizer, cutoff_len, add_eos_token)
 
 
@@ -160,7 +160,7 @@ def encode_prompt(
         template, messages, tokenizer, add_eos_token=add_eos_token, generation=True
     )
     eos_id = _eos_id(tokenizer) if any(s.eos for s in segments) else None
-    pieces = _encode(tokenizer, [s.text for s in segments])
+    pieces = encode_texts(tokenizer, [s.text for s in segments])
     example = _assemble(
         segments, pieces, _prefix_for(template, tokenizer), eos_id, 1 << 62, train_on_inputs=True
     )
@@ -265,7 +265,7 @@ def tokenize_batch(
             )
         plans.append((record, segments))
         texts.extend(s.text for s in segments)
-    pieces = _encode(tokenizer, texts)
+    pieces = encode_texts(tokenizer, texts)
     eos_id = tokenizer.eos_token_id
     prefix = _prefix_for(template, tokenizer)
     examples: list[Example] = []

@@ -12,7 +12,7 @@ from typing import Any
 from llamaforge.config.sections import RunConfig
 from llamaforge.data.formats import Conversation
 from llamaforge.evaluation.metrics import score_predictions
-from llamaforge.training.rundir import write_atomic
+from llamaforge.rundir import write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from llamaforge.errors import ExportError
+from llamaforge.errors import ConfigError, ExportError
+from llamaforge.rundir import read_run_config, run_config_value
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-RUN_CONFIG = "config.yaml"
 BUNDLED_ALIAS = "smollm2-135m"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
@@ -89,21 +89,14 @@ def check_gguf(path: Path) -> None:
 
 
 def _base_spec_from_run(directory: Path, adapter_config: dict[str, Any]) -> str | None:
-    run_config = directory / RUN_CONFIG
-    if run_config.is_file():
-        import yaml
-
-        try:
-            data = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ExportError(f"{run_config}: invalid YAML ({e}); fix or delete it") from None
-        model = data.get("model") if isinstance(data, dict) else None
-        if isinstance(model, dict) and isinstance(model.get("model"), str):
-            return model["model"]
-        # Flat configs (alpaca-lora style keys) are accepted by the config loader too.
-        for key in ("model", "base_model"):
-            if isinstance(data, dict) and isinstance(data.get(key), str):
-                return data[key]
+    try:
+        run_config = read_run_config(directory)
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+    for key in ("model", "base_model"):  # base_model: alpaca-lora's flat key
+        model = run_config_value(run_config, "model", key)
+        if isinstance(model, str) and model:
+            return model
     base = adapter_config.get("base_model_name_or_path")
     return base if isinstance(base, str) and base else None
 

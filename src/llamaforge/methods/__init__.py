@@ -1,16 +1,16 @@
-"""Training stages, one module each; `METHODS` maps `stage` to its entry point."""
+"""Training stages, one module each; ``config.stages.STAGES`` maps ``stage`` to its entry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from pathlib import Path
 
 from llamaforge.config.sections import RunConfig
-from llamaforge.methods.sft import run_sft
-
-METHODS: dict[str, Callable[[RunConfig], Path]] = {"sft": run_sft}
+from llamaforge.config.stages import STAGES
 
 
 def run_training(cfg: RunConfig) -> Path:
     """Run the stage named by `cfg.training.stage`; returns the run directory."""
-    return METHODS[cfg.training.stage](cfg)
+    module, _, function = STAGES[cfg.training.stage].entry.partition(":")
+    run = getattr(importlib.import_module(module), function)
+    return Path(run(cfg))

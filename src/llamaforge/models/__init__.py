@@ -2,6 +2,7 @@
 
 from llamaforge.models.gguf_cache import cache_root, cached_gguf_dir
 from llamaforge.models.loader import (
+    HEADS,
     ResolvedModel,
     load_model,
     load_tokenizer,
@@ -11,6 +12,7 @@ from llamaforge.models.loader import (
 )
 
 __all__ = [
+    "HEADS",
     "ResolvedModel",
     "cache_root",
     "cached_gguf_dir",

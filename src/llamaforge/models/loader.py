@@ -25,8 +25,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-
 from llamaforge.errors import ModelError
 from llamaforge.models.gguf_cache import (
     CACHE_FILES,
@@ -35,6 +33,7 @@ from llamaforge.models.gguf_cache import (
     check_gguf_file,
     file_sha256,
 )
+from llamaforge.rundir import read_run_config, run_config_value
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +49,12 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = (SMOLLM2_ALIAS,)
 DTYPES = ("float32", "bfloat16", "float16")
 ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
+# The heads a model can be built with: transformers auto class and its extra arguments.
+# ``score`` is one output per sequence (a reward model), read at the last non-pad token.
+HEADS: dict[str, tuple[str, dict[str, Any]]] = {
+    "causal_lm": ("AutoModelForCausalLM", {}),
+    "score": ("AutoModelForSequenceClassification", {"num_labels": 1}),
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -85,36 +90,16 @@ def _smollm2_dir() -> Path:
     return directory
 
 
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    """A run directory's saved ``config.yaml`` as a dict ({} when there is none)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: unreadable run config ({e}); fix or delete it") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _run_value(run_config: dict[str, Any], section: str, key: str) -> Any:
-    """``section.key`` from a saved config, nested (as training saves it) or flat."""
-    nested = run_config.get(section)
-    if isinstance(nested, dict) and key in nested:
-        return nested[key]
-    return run_config.get(key)
-
-
 def run_dir_template(directory: str | Path | None) -> str | None:
     """The prompt template a run directory was trained with, if it recorded one."""
     if directory is None or not Path(directory).is_dir():
         return None
-    value = _run_value(read_run_config(Path(directory)), "data", "template")
+    value = run_config_value(read_run_config(Path(directory)), "data", "template")
     return value if isinstance(value, str) and value else None
 
 
 def _adapter_base(directory: Path) -> str:
-    base = _run_value(read_run_config(directory), "model", "model")
+    base = run_config_value(read_run_config(directory), "model", "model")
     if not base:
         try:
             adapter_config = json.loads(
@@ -304,15 +289,22 @@ def _weights_directory(resolved: ResolvedModel) -> Path:
 
 
 def load_model(
-    cfg: ModelConfig, *, for_training: bool = False
+    cfg: ModelConfig, *, for_training: bool = False, head: str = "causal_lm"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the base model (plus ``cfg.adapter`` or a run directory's adapter) and tokenizer.
 
-    Inference models come back in eval mode (on CUDA when available); training models stay
-    where they are (the trainer places them) with ``use_cache`` off.
+    ``head`` is a key of ``HEADS``: the language-model head, or ``score`` (one output per
+    sequence, newly initialised unless the checkpoint has one). Inference models come back
+    in eval mode (on CUDA when available); training models stay where they are (the
+    trainer places them) with ``use_cache`` off.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    import transformers
+    from transformers import AutoConfig
+
+    if head not in HEADS:
+        raise ValueError(f"unknown head '{head}'; one of: {', '.join(HEADS)}")
+    auto_class, head_kwargs = HEADS[head]
 
     resolved = resolve_model(cfg.model)
     adapter = Path(cfg.adapter).expanduser() if cfg.adapter else resolved.adapter
@@ -325,7 +317,9 @@ def load_model(
         dataclasses.replace(resolved, adapter=adapter), cfg.trust_remote_code
     )
     try:
-        config = AutoConfig.from_pretrained(directory, trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            directory, trust_remote_code=cfg.trust_remote_code, **head_kwargs
+        )
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"cannot read the model config in {directory}: {e}") from None
     if cfg.rope_scaling:
@@ -343,7 +337,7 @@ def load_model(
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     logger.info("loading %s (%s) from %s", cfg.model, str(dtype).removeprefix("torch."), directory)
     try:
-        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        model = getattr(transformers, auto_class).from_pretrained(directory, **kwargs)
     except pickle.UnpicklingError as e:
         raise ModelError(
             f"{directory}: refusing to unpickle a .bin checkpoint that holds more than tensors "
@@ -355,6 +349,9 @@ def load_model(
         from llamaforge.adapters import load_adapter
 
         model = load_adapter(model, adapter, is_trainable=for_training)
+    if head == "score" and model.config.pad_token_id is None:
+        # A score head reads the last token that is not padding: it must know the pad id.
+        model.config.pad_token_id = tokenizer.pad_token_id
     if for_training:
         model.config.use_cache = False  # incompatible with gradient checkpointing; unused
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from llamaforge.rundir import LOG_NAME, mark_checkpoint
 from llamaforge.training.plot import plot_losses
-from llamaforge.training.rundir import LOG_NAME, mark_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +28,11 @@ _LOGGED_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
 class RunLogCallback(TrainerCallback):
     """Appends each log event to trainer_log.jsonl, redraws loss.png, shows a progress bar."""
 
-    def __init__(self, run_dir: Path, plot_every_s: float = 10.0) -> None:
+    def __init__(
+        self, run_dir: Path, plot_every_s: float = 10.0, *, log_perplexity: bool = False
+    ) -> None:
         self.run_dir = run_dir
+        self.log_perplexity = log_perplexity
         self.plot_every_s = plot_every_s
         self._last_plot = 0.0
         self._bar: tqdm | None = None
@@ -69,6 +73,9 @@ class RunLogCallback(TrainerCallback):
         record.update({k: logs[k] for k in _LOGGED_KEYS if k in logs})
         if "loss" not in record and "eval_loss" not in record:
             return  # the end-of-training summary log; summary.json holds it
+        if self.log_perplexity and "eval_loss" in record:
+            # exp of the mean per-token loss; capped where exp() would overflow.
+            record["eval_perplexity"] = math.exp(min(record["eval_loss"], 700.0))
         record["tokens_seen"] = state.num_input_tokens_seen
         record["tokens_per_s"] = round(self.tokens_per_second(state), 2)
         with (self.run_dir / LOG_NAME).open("a", encoding="utf-8") as f:

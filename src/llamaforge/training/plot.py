@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llamaforge.training.rundir import PLOT_NAME, read_log
+from llamaforge.rundir import PLOT_NAME, read_log
 
 
 def plot_losses(run_dir: Path) -> Path | None:

@@ -78,10 +78,10 @@ def print_preflight(
     total: int,
     precision: str,
     packing: bool,
-    num_train: int,
-    num_val: int,
 ) -> None:
     args = trainer.args
+    num_train = len(trainer.train_dataset)
+    num_val = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     micro_batches = math.ceil(num_train / (args.per_device_train_batch_size * args.world_size))
     steps_per_epoch = max(1, micro_batches // args.gradient_accumulation_steps)

@@ -15,7 +15,7 @@ import torch
 from transformers import Trainer
 
 from llamaforge.config.sections import RunConfig
-from llamaforge.training.rundir import METADATA_NAME, SUMMARY_NAME, read_log, write_atomic
+from llamaforge.rundir import METADATA_NAME, SUMMARY_NAME, read_log, write_atomic
 
 _PACKAGES = (
     "llamaforge",
@@ -47,7 +47,12 @@ def peak_memory_bytes() -> int:
 
 
 def write_metadata(
-    run_dir: Path, cfg: RunConfig, *, data_hash: str, fingerprint: dict[str, Any], world_size: int
+    run_dir: Path,
+    cfg: RunConfig,
+    *,
+    data_hash: str,
+    fingerprint: dict[str, Any],
+    plan: dict[str, Any],
 ) -> None:
     metadata = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -57,7 +62,8 @@ def write_metadata(
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else platform.processor() or "cpu",
-        "world_size": world_size,
+        "world_size": plan["world_size"],
+        "plan": plan,
         "seed": cfg.training.seed,
         "data_hash": data_hash,
         "fingerprint": fingerprint,

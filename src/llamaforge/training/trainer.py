@@ -1,4 +1,4 @@
-"""The HF Trainer, set up from our config, with a loss computed only where labels are trained.
+"""The HF Trainer with a loss computed only where labels are trained; precision resolution.
 
 Why a subclass: with padding-free packing most positions of a micro-batch are prompt
 tokens whose labels are -100, yet `LlamaForCausalLM` projects every position through
@@ -11,16 +11,13 @@ trained positions only and compute the cross-entropy on those (`cross_entropy_su
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
-from llamaforge.config.sections import RunConfig
 from llamaforge.training.cross_entropy import cross_entropy_sum
 
 logger = logging.getLogger(__name__)
@@ -37,28 +34,6 @@ def resolve_precision(precision: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_supports_bf16() else "fp32"
-
-
-# Methods that train only weights they add; the base model's own weights stay frozen.
-FROZEN_BASE_METHODS = ("lora", "prefix", "prompt")
-
-
-def base_weights_dtype(cfg: RunConfig) -> str:
-    """The dtype to load the base model in for training.
-
-    ``dtype: auto`` with a frozen base and bf16 training → bfloat16. Stored in fp32, every
-    frozen weight would be cast to bf16 again on every forward (autocast caches casts only
-    for weights that need grad): ~8 % of a LoRA step on the CPU, and twice the memory.
-    peft keeps the adapter's own weights in fp32 (``autocast_adapter_dtype``), so what is
-    trained still has fp32 master weights. Full and freeze training keep fp32 weights.
-    """
-    if (
-        cfg.model.dtype == "auto"
-        and cfg.finetuning.finetuning in FROZEN_BASE_METHODS
-        and resolve_precision(cfg.training.precision) == "bf16"
-    ):
-        return "bfloat16"
-    return cfg.model.dtype
 
 
 # peft methods that prepend their virtual tokens to the input sequence (prefix tuning
@@ -112,77 +87,3 @@ class TrainedPositionsTrainer(Trainer):
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 loss = loss * self.args.world_size
         return (loss, outputs) if return_outputs else loss
-
-
-def to_training_arguments(
-    cfg: RunConfig, run_dir: Path, *, has_eval: bool, world_size: int, packing: bool = False
-) -> TrainingArguments:
-    """Our TrainingConfig → transformers.TrainingArguments (the only place they meet)."""
-    tr = cfg.training
-    precision = resolve_precision(tr.precision)
-    accumulation = max(1, tr.batch_size // (tr.micro_batch_size * world_size))
-    if tr.batch_size % (tr.micro_batch_size * world_size):
-        logger.warning(
-            "batch_size %d is not a multiple of micro_batch_size %d × %d processes; "
-            "the effective global batch is %d",
-            tr.batch_size,
-            tr.micro_batch_size,
-            world_size,
-            accumulation * tr.micro_batch_size * world_size,
-        )
-    save_strategy = "steps" if tr.save_steps else "epoch"
-    eval_strategy = "no"
-    if has_eval:
-        eval_strategy = "steps" if tr.eval_steps else "epoch"
-    use_cpu = not torch.cuda.is_available()
-    report_to = list(tr.report_to) or "none"
-    return TrainingArguments(
-        output_dir=str(run_dir),
-        per_device_train_batch_size=tr.micro_batch_size,
-        per_device_eval_batch_size=tr.micro_batch_size,
-        gradient_accumulation_steps=accumulation,
-        num_train_epochs=tr.num_epochs,
-        max_steps=tr.max_steps,
-        learning_rate=tr.learning_rate,
-        warmup_steps=tr.warmup_steps if tr.warmup_steps > 0 else tr.warmup_ratio,
-        lr_scheduler_type=tr.lr_scheduler_type,
-        optim=tr.optim,
-        weight_decay=tr.weight_decay,
-        max_grad_norm=tr.max_grad_norm,
-        seed=tr.seed,
-        data_seed=tr.seed,
-        logging_steps=tr.logging_steps,
-        logging_first_step=True,
-        eval_strategy=eval_strategy,
-        eval_steps=tr.eval_steps,
-        save_strategy=save_strategy,
-        save_steps=tr.save_steps or 500,
-        save_total_limit=tr.save_total_limit,
-        load_best_model_at_end=tr.load_best_model_at_end,
-        metric_for_best_model="eval_loss" if has_eval else None,
-        greater_is_better=False if has_eval else None,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=use_cpu,
-        activation_checkpointing=tr.gradient_checkpointing,
-        torch_compile=tr.torch_compile,
-        neftune_noise_alpha=tr.neftune_noise_alpha,
-        report_to=report_to,
-        deepspeed=tr.deepspeed,
-        fsdp=tr.fsdp or "",
-        ddp_backend="gloo" if use_cpu and world_size > 1 else None,
-        ddp_find_unused_parameters=False if world_size > 1 else None,
-        remove_unused_columns=False,
-        prediction_loss_only=True,
-        # Packed batches hold no padding and no attention_mask, and "non_padding" would then
-        # drop every token equal to the pad id, which is often EOS / end-of-turn.
-        include_num_input_tokens_seen="all" if packing else "non_padding",
-        disable_tqdm=True,  # our RunLogCallback draws the one progress bar
-        dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
-        length_column_name="length",
-    )
-
-
-def world_size_from_env() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,5 +1,8 @@
 """The run directory: everything needed to chat, evaluate, merge or export a run.
 
+This module sits below training: models, inference, evaluation and export read runs
+through it without importing ``llamaforge.training``.
+
 Layout (written by `llamaforge train`):
 
     <output_dir>/
@@ -83,12 +86,28 @@ def save_config(run_dir: Path, cfg: RunConfig) -> None:
     )
 
 
-def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's saved ``config.yaml`` as a dict ({} when there is none).
+
+    The one reader of a run's config: models, inference, evaluation and export use it.
+    """
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
-        return None
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else None
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable run config ({e}); fix or delete it") from None
+    return data if isinstance(data, dict) else {}
+
+
+def run_config_value(run_config: dict[str, Any], section: str, key: str) -> Any:
+    """``section.key`` of a saved config, nested (as training saves it) or flat (alpaca-lora
+    style keys, which the config loader accepts too)."""
+    nested = run_config.get(section)
+    if isinstance(nested, dict) and key in nested:
+        return nested[key]
+    return run_config.get(key)
 
 
 def run_fingerprint(cfg: RunConfig, data_hash: str) -> dict[str, Any]:
@@ -100,11 +119,13 @@ def run_fingerprint(cfg: RunConfig, data_hash: str) -> dict[str, Any]:
     return flat
 
 
-def hash_examples(examples: Iterable[dict[str, list[int]]]) -> str:
-    """Content hash of tokenized examples (input ids and labels, in order)."""
+def hash_examples(examples: Iterable[dict[str, Any]]) -> str:
+    """Content hash of tokenized examples: every column but ``attention_mask`` (derived),
+    in order. Works for any stage's columns (input_ids/labels, chosen/rejected ids, ...)."""
     digest = hashlib.sha256()
     for example in examples:
-        digest.update(json.dumps([example["input_ids"], example["labels"]]).encode())
+        row = [example[k] for k in sorted(example) if k != "attention_mask"]
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
 
