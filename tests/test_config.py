@@ -171,3 +171,34 @@ def _yaml_config(tmp_path: Path, text: str):
     path = tmp_path / "c.yaml"
     path.write_text(text)
     return load_run_config(path)
+
+
+def test_a_stage_option_given_to_another_stage_names_its_stage(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("stage: pt\nneftune_noise_alpha: 5\npt:\n  train_embeddings: true\n")
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert str(err.value) == (
+        f"{path}:2: key 'neftune_noise_alpha' belongs to stage 'sft', not 'pt'; "
+        "set stage: sft or remove it"
+    )
+    cfg = load_run_config(None, ["stage=pt", "pt.train_embeddings=true"])
+    assert cfg.options.train_embeddings is True
+    assert config_to_dict(cfg)["pt"] == {"train_embeddings": True}
+    assert "sft" not in config_to_dict(cfg)
+    with pytest.raises(ConfigError, match="'stage': 'dpo2' is not one of: sft, pt"):
+        load_run_config(None, ["stage=dpo2"])
+
+
+def test_every_stage_entry_point_exists_and_config_keys_lists_keys_by_stage(capsys) -> None:
+    import importlib
+
+    from llamaforge.config.stages import STAGES
+
+    for name, stage in STAGES.items():
+        module, _, function = stage.entry.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
+    assert main(["config", "keys"]) == 0
+    out = capsys.readouterr().out
+    assert "[sft] stage sft only" in out and "[pt] stage pt only" in out
+    assert out.index("[pt] stage pt only") < out.index("  train_embeddings = False")

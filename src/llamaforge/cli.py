@@ -96,8 +96,13 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
         ("model", "template", "cutoff_len", "train_on_inputs", "format", "dataset_dir", "dataset"),
     )
     from llamaforge.data.preview import preview_dataset
+    from llamaforge.models import load_tokenizer
 
-    sys.stdout.write(preview_dataset(cfg, num_examples=args.num_examples) + "\n")
+    def tokenizer() -> object:
+        return load_tokenizer(cfg.model.model, trust_remote_code=cfg.model.trust_remote_code)
+
+    report = preview_dataset(cfg, num_examples=args.num_examples, load_tokenizer=tokenizer)
+    sys.stdout.write(report + "\n")
     return 0
 
 

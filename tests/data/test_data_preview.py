@@ -99,18 +99,20 @@ def test_preview_reports_every_bad_record_at_once(tmp_path, smollm2_tokenizer):
     assert f"{path}:4: field 'output' must be a string, got a list" in lines[3]
 
 
-def test_preview_loads_the_configured_tokenizer(alpaca_file, smollm2_tokenizer, monkeypatch):
+def test_preview_loads_the_tokenizer_only_after_the_data_is_read(alpaca_file, smollm2_tokenizer):
     calls = []
 
-    def load_tokenizer(spec, trust_remote_code=False):
-        calls.append((spec, trust_remote_code))
+    def load_tokenizer():
+        calls.append("loaded")
         return smollm2_tokenizer
 
-    fake = types.ModuleType("llamaforge.models")
-    fake.load_tokenizer = load_tokenizer  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "llamaforge.models", fake)
-    out = preview_dataset(run_cfg(alpaca_file, template="alpaca"), color=False)
-    assert calls == [("smollm2-135m", False)]
+    with pytest.raises(DataError):
+        preview_dataset(run_cfg(alpaca_file.parent / "missing.json"), load_tokenizer=load_tokenizer)
+    assert calls == []  # a bad dataset fails before any tokenizer is loaded
+    out = preview_dataset(
+        run_cfg(alpaca_file, template="alpaca"), load_tokenizer=load_tokenizer, color=False
+    )
+    assert calls == ["loaded"]
     assert "[[Hello<|im_end|>]]" in out
 
 

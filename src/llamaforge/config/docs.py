@@ -9,6 +9,7 @@ import itertools
 
 from llamaforge.config import sections
 from llamaforge.config.loader import ALIASES
+from llamaforge.config.stages import STAGES
 
 
 def _field_docs() -> dict[str, str]:
@@ -31,14 +32,24 @@ def _field_docs() -> dict[str, str]:
     return docs
 
 
-def describe_keys() -> str:
-    docs = _field_docs()
+def _section_lines(cls: type, docs: dict[str, str]) -> list[str]:
     lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"  {f.name} = {default!r}\n      {docs.get(f.name, '')}")
+    return lines
+
+
+def describe_keys() -> str:
+    """Every section every stage has, then each stage's own keys."""
+    docs = _field_docs()
+    lines = ["Keys of every stage:"]
     for section, cls in sections.SECTIONS.items():
         lines.append(f"[{section}]")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
-            lines.append(f"  {f.name} = {default!r}\n      {docs.get(f.name, '')}")
+        lines.extend(_section_lines(cls, docs))
+    for name, stage in STAGES.items():
+        lines.append(f"[{name}] stage {name} only: {stage.summary}")
+        lines.extend(_section_lines(stage.options, docs))
     aliases = ", ".join(f"{k} → {v}" for k, v in ALIASES.items())
     lines.append(f"aliases: {aliases}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +110,15 @@ def preview_dataset(
     num_examples: int = 3,
     tokenizer: Any = None,
     *,
+    load_tokenizer: Callable[[], Any] | None = None,
     base_dir: Path | None = None,
     color: bool | None = None,
 ) -> str:
-    """The preview report for ``cfg.data.dataset[0]`` (see the module docstring)."""
+    """The preview report for ``cfg.data.dataset[0]`` (see the module docstring).
+
+    Pass the ``tokenizer``, or ``load_tokenizer`` to load it only once the dataset has been
+    read and checked (data/ is handed a tokenizer; it never loads models itself).
+    """
     data = cfg.data
     if not data.dataset:
         raise ConfigError("key 'dataset' is empty; name a data file or a registry entry")
@@ -125,9 +130,9 @@ def preview_dataset(
     fmt, records = read_dataset_with_format(spec, errors)
     _raise_errors(errors, data.dataset[0])
     if tokenizer is None:
-        from llamaforge.models import load_tokenizer  # data/ must not import models/ at load
-
-        tokenizer = load_tokenizer(cfg.model.model, trust_remote_code=cfg.model.trust_remote_code)
+        if load_tokenizer is None:
+            raise TypeError("preview_dataset needs a tokenizer or load_tokenizer")
+        tokenizer = load_tokenizer()
     sft = [_as_sft(r) for r in records]
     full = tokenize_batch(
         sft, tokenizer, template, _UNLIMITED, data.add_eos_token, data.train_on_inputs
