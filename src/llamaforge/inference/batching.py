@@ -41,7 +41,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from llamaforge.inference.engine import GenerationResult, _decode, _first_stop, _held_back
+from llamaforge.inference.engine import GenerationResult
+from llamaforge.inference.stops import decode_tokens, first_stop, held_back
 
 if TYPE_CHECKING:
     import torch
@@ -196,17 +197,17 @@ class _Row:
         request.generated = len(self.ids)
         finished = token in engine.stop_token_ids or len(self.ids) >= request.gen.max_new_tokens
         events: list[Event] = []
-        text = _decode(engine.tokenizer, self.ids)
-        if not finished and _first_stop(text, request.stops) is not None:
+        text = decode_tokens(engine.tokenizer, self.ids)
+        if not finished and first_stop(text, request.stops) is not None:
             finished = True
         if not finished:
-            safe = len(text) - _held_back(text, request.stops)
+            safe = len(text) - held_back(text, request.stops)
             if safe > len(self.emitted) and text.startswith(self.emitted):
                 events.append(TextPiece(text[len(self.emitted) : safe]))
                 self.emitted = text[:safe]
             return events
         self.done = True
-        result = engine._result(self.ids, len(request.prompt_ids), request.stops)
+        result = engine.make_result(self.ids, len(request.prompt_ids), request.stops)
         if not result.text.startswith(self.emitted):
             logger.warning("streamed text diverged from the final decode; check the tokenizer")
         elif len(result.text) > len(self.emitted):
