@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load_config(args, ("model", "dtype"))  # --adapter is a list here, not one adapter
-    from llamaforge.inference.openai_api import run_serve
+    from llamaforge.serving.server import run_serve
 
     return run_serve(
         cfg,
