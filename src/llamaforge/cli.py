@@ -131,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_webui(args: argparse.Namespace) -> int:
     cfg = _load_config(args, ("model",))
-    from llamaforge.inference.web_ui import run_webui
+    from llamaforge.webui.app import run_webui
 
     return run_webui(cfg, host=args.host, port=args.port, runs_dir=args.runs_dir)
 
