@@ -27,7 +27,7 @@ import httpx
 SERVER = """
 import sys
 from llamaforge.config import load_run_config
-from llamaforge.inference.openai_api import run_serve
+from llamaforge.serving.server import run_serve
 cfg = load_run_config(None, (), model=sys.argv[1])
 threads = int(sys.argv[3]) or None
 sys.exit(run_serve(cfg, host="127.0.0.1", port=int(sys.argv[2]), api_key=None,

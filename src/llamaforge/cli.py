@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load_config(args, ("model", "dtype"))  # --adapter is a list here, not one adapter
-    from llamaforge.inference.openai_api import run_serve
+    from llamaforge.serving.server import run_serve
 
     return run_serve(
         cfg,
@@ -136,7 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_webui(args: argparse.Namespace) -> int:
     cfg = _load_config(args, ("model",))
-    from llamaforge.inference.web_ui import run_webui
+    from llamaforge.webui.app import run_webui
 
     return run_webui(cfg, host=args.host, port=args.port, runs_dir=args.runs_dir)
 

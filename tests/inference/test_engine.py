@@ -13,7 +13,7 @@ from llamaforge.config import GenerationConfig, load_run_config
 from llamaforge.data.formats import Message
 from llamaforge.errors import ConfigError
 from llamaforge.inference import GenerationEngine
-from llamaforge.inference.engine import _held_back, template_for, to_generation_config
+from llamaforge.inference.engine import template_for, to_generation_config
 
 GREEDY = GenerationConfig(temperature=0, max_new_tokens=12)
 PROMPTS = [
@@ -103,7 +103,7 @@ def test_stop_string_cuts_generate_and_stream(tiny_engine):
 
 def test_result_cuts_at_eos_and_ignores_padding(tiny_engine):
     # ids after the first stop token are padding (here pad == eos == 2)
-    result = tiny_engine._result([28120, 30, 2, 2, 2], 7, ())
+    result = tiny_engine.make_result([28120, 30, 2, 2, 2], 7, ())
     assert result.text == tiny_engine.tokenizer.decode([28120, 30])
     assert (result.completion_tokens, result.finish_reason, result.token_ids) == (
         3,
@@ -112,7 +112,7 @@ def test_result_cuts_at_eos_and_ignores_padding(tiny_engine):
     )
     # a stop string that ends a row padded with EOS is still cut
     stop = tiny_engine.tokenizer.decode([30])
-    cut = tiny_engine._result([28120, 30, 28120, 2, 2], 7, (stop,))
+    cut = tiny_engine.make_result([28120, 30, 28120, 2, 2], 7, (stop,))
     assert cut.text == tiny_engine.tokenizer.decode([28120])
     assert cut.token_ids == (28120, 30)
 
@@ -204,14 +204,6 @@ def test_to_generation_config():
     assert (beam.do_sample, beam.num_beams) == (False, 4)
     forced = to_generation_config(GenerationConfig(temperature=0.7, do_sample=False), **kwargs)
     assert forced.do_sample is False
-
-
-def test_held_back():
-    assert _held_back("The answer is ##", ("###",)) == 2
-    assert _held_back("The answer", ("###",)) == 0
-    assert _held_back("caf\ufffd", ()) == 1
-    assert _held_back("User", ("\nUser:",)) == 0
-    assert _held_back("ok\nUs", ("\nUser:", "\n\n")) == 3
 
 
 def test_template_remembered_by_run_dir(tmp_path):

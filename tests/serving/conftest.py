@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from llamaforge.config import GenerationConfig, load_run_config
-from llamaforge.inference.batching import BatchScheduler
-from llamaforge.inference.model_pool import ModelPool, load_model_pool
+from llamaforge.serving.batching import BatchScheduler
+from llamaforge.serving.model_pool import ModelPool, load_model_pool
 
 
 def free_port() -> int:
@@ -30,7 +30,7 @@ class ServerThread:
     """uvicorn serving ``app`` on 127.0.0.1:<free port> from a daemon thread."""
 
     def __init__(self, app, state) -> None:
-        from llamaforge.inference.openai_api import make_server
+        from llamaforge.serving.server import make_server
 
         self.state = state
         self.port = free_port()
@@ -66,7 +66,8 @@ def serve_pool(
     defaults: GenerationConfig | None = None,
 ) -> ServerThread:
     """A server for ``pool`` (None: stays 'loading') with its own scheduler."""
-    from llamaforge.inference.openai_api import ServerState, create_app
+    from llamaforge.serving.routes import create_app
+    from llamaforge.serving.runtime import ServerState
 
     state = ServerState(defaults or GenerationConfig())
     if pool is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llamaforge.config import GenerationConfig, load_run_config
-from llamaforge.inference.model_pool import load_model_pool
+from llamaforge.serving.model_pool import load_model_pool
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")

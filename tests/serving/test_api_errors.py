@@ -300,8 +300,8 @@ def test_stopping_is_503(tiny_pool, serve):
 
 
 def test_internal_errors_are_500_without_internals(tiny_pool, serve, caplog):
-    from llamaforge.inference.batching import ServedModel
-    from llamaforge.inference.model_pool import ModelPool
+    from llamaforge.serving.model_pool import ModelPool
+    from llamaforge.serving.requests import ServedModel
 
     class Broken:
         def __getattr__(self, name):

@@ -10,15 +10,15 @@ import torch
 
 from llamaforge.config import GenerationConfig, load_run_config
 from llamaforge.inference import GenerationEngine
-from llamaforge.inference.batching import (
-    BatchScheduler,
+from llamaforge.serving.batching import BatchScheduler
+from llamaforge.serving.model_pool import load_model_pool, parse_adapter
+from llamaforge.serving.requests import (
     Failed,
     Finished,
     GenerationRequest,
     ServedModel,
     TextPiece,
 )
-from llamaforge.inference.model_pool import load_model_pool, parse_adapter
 
 PROMPTS = [
     "Hi",

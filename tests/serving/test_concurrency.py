@@ -185,7 +185,7 @@ SERVE_SCRIPT = textwrap.dedent(
     import logging, sys
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from llamaforge.config import load_run_config
-    from llamaforge.inference.openai_api import run_serve
+    from llamaforge.serving.server import run_serve
     cfg = load_run_config(None, (), model=sys.argv[1])
     sys.exit(run_serve(cfg, host="127.0.0.1", port=int(sys.argv[2]), api_key=None,
                        max_concurrent=4, adapters=[]))

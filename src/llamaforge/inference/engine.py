@@ -11,7 +11,8 @@ Everything that generates (``generate``, ``chat``, the API server, evaluation) g
 
 Generation ends at the tokenizer's EOS, at the template's end-of-turn token (``<|im_end|>``,
 ``<|eot_id|>``, ...), at ``max_new_tokens`` or at a stop string; returned text never contains
-the stop string or special tokens.
+the stop string or special tokens. How ids become text and where a stop string cuts it is
+:mod:`llamaforge.inference.stops`, shared with the API server's batch scheduler.
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from llamaforge.errors import ConfigError
+from llamaforge.inference.stops import (
+    FinishReason,
+    decode_token_rows,
+    decode_tokens,
+    first_stop,
+    held_back,
+    trim_completion,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +56,6 @@ END_OF_TURN_TOKENS = (
     "<|end_of_text|>",
     "</s>",
 )
-FinishReason = Literal["stop", "length"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,20 +140,9 @@ class _StopCriteria:
         done = torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool)
         if self.stop and not self.cancel.is_set():
             tails = input_ids[:, max(self.prompt_len, input_ids.shape[1] - self.window) :]
-            for row, text in enumerate(_decode_batch(self.tokenizer, tails.tolist())):
+            for row, text in enumerate(decode_token_rows(self.tokenizer, tails.tolist())):
                 done[row] = any(s in text for s in self.stop)
         return done.to(input_ids.device)
-
-
-def _decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
-    # Both generate() and stream() decode through here, so their texts agree exactly.
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-
-def _decode_batch(tokenizer: PreTrainedTokenizerBase, rows: list[list[int]]) -> list[str]:
-    return tokenizer.batch_decode(
-        rows, skip_special_tokens=True, clean_up_tokenization_spaces=False
-    )
 
 
 class _QueueStreamer:
@@ -218,18 +215,18 @@ class TokenStream(Iterator[str]):
                 if token in engine.stop_token_ids:
                     self._done = True
                     break
-            text = _decode(engine.tokenizer, self._ids)
-            if _first_stop(text, self._stops) is not None:
+            text = decode_tokens(engine.tokenizer, self._ids)
+            if first_stop(text, self._stops) is not None:
                 self._done = True
                 break
-            safe = len(text) - _held_back(text, self._stops)
+            safe = len(text) - held_back(text, self._stops)
             if safe > len(self._emitted) and text.startswith(self._emitted):
                 piece = text[len(self._emitted) : safe]
                 self._emitted += piece
                 return piece
         if self.result is None:
             self.close()
-            self.result = engine._result(self._ids, self._prompt_tokens, self._stops)
+            self.result = engine.make_result(self._ids, self._prompt_tokens, self._stops)
             rest = self.result.text
             if not rest.startswith(self._emitted):
                 logger.warning("streamed text diverged from the final decode; check the tokenizer")
@@ -268,23 +265,6 @@ def _generate_into_queue(
     except Exception as e:  # handed to the consumer thread, which re-raises it
         out.put(e)
         out.put(None)
-
-
-def _held_back(text: str, stop: Sequence[str]) -> int:
-    """Characters at the end of ``text`` not safe to show yet.
-
-    An incomplete UTF-8 character decodes to U+FFFD, and a suffix that starts a stop string
-    may turn out to be the stop string (which is never shown).
-    """
-    if text.endswith("\ufffd"):
-        return len(text) - len(text.rstrip("\ufffd"))
-    hold = 0
-    for s in stop:
-        for n in range(min(len(s) - 1, len(text)), hold, -1):
-            if text.endswith(s[:n]):
-                hold = n
-                break
-    return hold
 
 
 class GenerationEngine:
@@ -402,7 +382,9 @@ class GenerationEngine:
         encoded = [self.encode(p, raw) for p in prompts]
         stops = self.stop_strings(gen, raw)
         rows = self._generate_ids(encoded, gen, stops, cancel=threading.Event())
-        return [self._result(row, len(ids), stops) for row, ids in zip(rows, encoded, strict=True)]
+        return [
+            self.make_result(row, len(ids), stops) for row, ids in zip(rows, encoded, strict=True)
+        ]
 
     def stream(
         self, prompt: Sequence[Message] | str, gen: GenerationConfig, raw: bool = False
@@ -452,34 +434,10 @@ class GenerationEngine:
             )
         return out[:, width:].tolist()  # [B, new]
 
-    def _result(
+    def make_result(
         self, generated: Sequence[int], prompt_tokens: int, stops: Sequence[str]
     ) -> GenerationResult:
-        ids = list(generated)
-        stop_token = next((i for i, t in enumerate(ids) if t in self.stop_token_ids), None)
-        if stop_token is not None:
-            # Past this point a batch row holds only padding (often the same id as EOS).
-            ids = ids[: stop_token + 1]
-            text = _decode(self.tokenizer, ids[:-1])
-        else:
-            text = _decode(self.tokenizer, ids)
-        cut = _first_stop(text, stops)
-        if cut is None:
-            reason: FinishReason = "stop" if stop_token is not None else "length"
-            return GenerationResult(text, prompt_tokens, len(ids), reason, tuple(ids))
-        # The fewest tokens whose text contains the stop string (containment grows with n).
-        lo, hi = 1, len(ids)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if _first_stop(_decode(self.tokenizer, ids[:mid]), stops) is None:
-                lo = mid + 1
-            else:
-                hi = mid
-        ids = ids[:lo]
-        return GenerationResult(text[:cut], prompt_tokens, len(ids), "stop", tuple(ids))
-
-
-def _first_stop(text: str, stop: Sequence[str]) -> int | None:
-    """Index of the earliest stop string in ``text`` (None when there is none)."""
-    found = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return min(found) if found else None
+        """The result of one generated row (ids after the prompt), cut as
+        :func:`~llamaforge.inference.stops.trim_completion` cuts it."""
+        text, ids, reason = trim_completion(self.tokenizer, generated, self.stop_token_ids, stops)
+        return GenerationResult(text, prompt_tokens, len(ids), reason, tuple(ids))

@@ -19,17 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamaforge.errors import ConfigError, LlamaforgeError
-from llamaforge.inference.batching import (
-    BatchScheduler,
-    Failed,
-    Finished,
-    GenerationRequest,
-    TextPiece,
-)
+from llamaforge.serving.batching import BatchScheduler
+from llamaforge.serving.requests import Failed, Finished, GenerationRequest, TextPiece
 
 if TYPE_CHECKING:
     from llamaforge.config import GenerationConfig, RunConfig
-    from llamaforge.inference.model_pool import ModelPool
+    from llamaforge.serving.model_pool import ModelPool
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +63,7 @@ class ChatBackend:
 
     def load(self, model: str, adapter: str | None) -> str:
         """Load ``model`` (+ ``adapter``); returns a one-line status."""
-        from llamaforge.inference.model_pool import load_model_pool
+        from llamaforge.serving.model_pool import load_model_pool
 
         model = (model or "").strip() or self.cfg.model.model
         adapter = (adapter or "").strip() or None

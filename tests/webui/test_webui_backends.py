@@ -233,7 +233,7 @@ def raw_get(port: int, path: str) -> int:
 
 def test_ui_file_routes_refuse_traversal(chatty_model_dir, tmp_path):
     pytest.importorskip("gradio")
-    from llamaforge.inference.web_ui import build_app, launch
+    from llamaforge.webui.app import build_app, launch
 
     secret = tmp_path / "secret.txt"
     secret.write_text("do not serve")

@@ -32,7 +32,7 @@ SHOTS = Path(os.environ.get("LLAMAFORGE_WEBUI_SHOTS", "/tmp/webui-shots"))
 
 @pytest.fixture(scope="module")
 def ui(smollm2_cache, tmp_path_factory):
-    from llamaforge.inference.web_ui import build_app, launch
+    from llamaforge.webui.app import build_app, launch
 
     runs = tmp_path_factory.mktemp("runs")
     app = build_app(load_run_config(None, (), model="smollm2-135m"), runs_dir=runs)

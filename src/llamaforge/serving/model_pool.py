@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamaforge.errors import ModelError
-from llamaforge.inference.batching import ServedModel
+from llamaforge.serving.requests import ServedModel
 
 if TYPE_CHECKING:
     from llamaforge.config import RunConfig

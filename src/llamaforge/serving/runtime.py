@@ -1,4 +1,4 @@
-"""The per-request machinery of the API server (:mod:`llamaforge.inference.openai_api`).
+"""The per-request machinery of the API server (:mod:`llamaforge.serving.routes`).
 
 Contract:
 
@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from llamaforge.inference.api_schema import APIError
-from llamaforge.inference.batching import Event, GenerationRequest
+from llamaforge.serving.requests import Event, GenerationRequest
+from llamaforge.serving.schema import APIError
 
 if TYPE_CHECKING:
     from llamaforge.config import GenerationConfig
-    from llamaforge.inference.batching import BatchScheduler, ServedModel
-    from llamaforge.inference.model_pool import ModelPool
+    from llamaforge.serving.batching import BatchScheduler
+    from llamaforge.serving.model_pool import ModelPool
+    from llamaforge.serving.requests import ServedModel
 
 Phase = Literal["loading", "ready", "stopping", "failed"]
 RETRY_AFTER_S = "1"

@@ -3,10 +3,11 @@ together, one token per request per step.
 
 Contract:
 
-- :meth:`BatchScheduler.submit` takes a :class:`GenerationRequest` (prompt token ids, its
-  own sampling settings, stop strings, token budget) from any thread and returns at once.
-  The request's ``on_event`` callback is then called *from the scheduler thread* with
-  :class:`TextPiece` events and finally exactly one :class:`Finished` or :class:`Failed`.
+- :meth:`BatchScheduler.submit` takes a :class:`~llamaforge.serving.requests.GenerationRequest`
+  (prompt token ids, its own sampling settings, stop strings, token budget) from any thread
+  and returns at once. The request's ``on_event`` callback is then called *from the
+  scheduler thread* with ``TextPiece`` events and finally exactly one ``Finished`` or
+  ``Failed`` (:mod:`llamaforge.serving.requests`).
 - Requests join the running batch at the next step boundary (their prompts are prefilled
   together, then their KV cache rows are merged into the batch) and leave it as soon as they
   finish or are cancelled; :meth:`GenerationRequest.cancel` takes effect before the next
@@ -14,11 +15,12 @@ Contract:
 - The pieces of one request concatenate to ``Finished.result.text``, and the result equals
   what :meth:`GenerationEngine.generate` returns for the same token ids (greedy decoding of a
   request alone gives the same tokens as ``generate``; batched rows match up to float noise).
-- Sampling is per request: temperature, top_k, top_p, repetition_penalty, and a private
-  ``torch.Generator`` seeded from ``sampling_seed``, so a seeded request gives the same text whatever
-  else is in the batch. ``num_beams > 1`` runs ``GenerationEngine.generate`` on the
-  scheduler thread (it pauses the batch while it runs) and arrives as one piece.
-- Several served models can share one peft model: each :class:`ServedModel` names its
+- Sampling is per request (:class:`~llamaforge.serving.sampling.Sampler`): temperature,
+  top_k, top_p, repetition_penalty, and a private ``torch.Generator`` seeded from
+  ``sampling_seed``, so a seeded request gives the same text whatever else is in the batch.
+  ``num_beams > 1`` runs ``GenerationEngine.generate`` on the scheduler thread (it pauses
+  the batch while it runs) and arrives as one piece.
+- Several served models can share one peft model: each ``ServedModel`` names its
   adapter (None = the base weights). Rows are grouped per served model, each group with its
   own cache; the adapter is switched around each group's forward pass.
 
@@ -32,22 +34,28 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
-import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from llamaforge.inference.engine import GenerationResult, _decode, _first_stop, _held_back
+from llamaforge.inference.stops import decode_tokens, first_stop, held_back
+from llamaforge.serving.requests import (
+    Event,
+    Failed,
+    Finished,
+    FinishedRecord,
+    GenerationRequest,
+    ServedModel,
+    TextPiece,
+)
+from llamaforge.serving.sampling import Sampler
 
 if TYPE_CHECKING:
     import torch
 
-    from llamaforge.config import GenerationConfig
-    from llamaforge.data.formats import Message
     from llamaforge.inference.engine import GenerationEngine
 
 logger = logging.getLogger(__name__)
@@ -56,96 +64,10 @@ logger = logging.getLogger(__name__)
 IDLE_POLL_S = 0.1
 
 
-@dataclasses.dataclass(frozen=True)
-class TextPiece:
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Finished:
-    result: GenerationResult
-
-
-@dataclasses.dataclass(frozen=True)
-class Failed:
-    message: str
-    """Safe to show a client: no traceback, no paths (those go to the log)."""
-
-
-Event = TextPiece | Finished | Failed
-
-
-@dataclasses.dataclass(frozen=True)
-class FinishedRecord:
-    """What happened to one request (kept in :attr:`BatchScheduler.recent` for monitoring)."""
-
-    request_id: int
-    model: str
-    completion_tokens: int
-    outcome: Literal["stop", "length", "cancelled", "failed"]
-    tokens_at_cancel: int | None = None
-    """Tokens generated when ``cancel()`` was called (None: never cancelled)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ServedModel:
-    """A model name clients can ask for: an engine (tokenizer, template, stops) + adapter."""
-
-    name: str
-    engine: GenerationEngine
-    adapter: str | None = None
-    """The peft adapter to activate; None runs the base weights (adapters disabled)."""
-
-
-_ids = itertools.count(1)
-
-
-class GenerationRequest:
-    """One generation: prompt ids, settings, and the callback that receives its events."""
-
-    def __init__(
-        self,
-        *,
-        model: str,
-        prompt_ids: Sequence[int],
-        gen: GenerationConfig,
-        stops: Sequence[str],
-        on_event: Callable[[Event], None],
-        prompt: Sequence[Message] | str | None = None,
-        raw: bool = False,
-    ) -> None:
-        self.id = next(_ids)
-        self.model = model
-        self.prompt_ids = list(prompt_ids)
-        self.gen = gen
-        self.stops = tuple(stops)
-        self.on_event = on_event
-        self.prompt = prompt
-        """The prompt itself; needed only for beam search (``GenerationEngine.generate``)."""
-        self.raw = raw
-        self.generated = 0
-        """Tokens generated so far (written by the scheduler thread)."""
-        self.tokens_at_cancel: int | None = None
-        self._cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        """Stop generating before the next decode step (thread-safe, idempotent)."""
-        if not self._cancelled.is_set():
-            self.tokens_at_cancel = self.generated
-            self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-
 class _Row:
     """A request's decoding state inside the batch."""
 
     def __init__(self, request: GenerationRequest, engine: GenerationEngine) -> None:
-        import torch
-
-        gen = request.gen
         self.request = request
         self.engine = engine
         self.ids: list[int] = []  # generated so far
@@ -153,40 +75,11 @@ class _Row:
         self.length = 0  # real tokens in this row's cache
         self.next_token = -1  # sampled, not yet fed to the model
         self.done = False
-        self.sample = gen.do_sample if gen.do_sample is not None else gen.temperature > 0
-        self.generator: torch.Generator | None = None
-        if self.sample:
-            self.generator = torch.Generator()
-            if gen.sampling_seed is not None:
-                self.generator.manual_seed(gen.sampling_seed)
-            else:
-                self.generator.seed()
+        self.sampler = Sampler(request.gen)
 
     def pick(self, logits: torch.Tensor) -> int:
         """The next token from this row's logits ([V], float32), as ``generate`` would."""
-        import torch
-
-        gen = self.request.gen
-        if gen.repetition_penalty != 1.0:
-            seen = torch.tensor(self.request.prompt_ids + self.ids, dtype=torch.long)
-            score = logits[seen]
-            logits = logits.clone()
-            logits[seen] = torch.where(
-                score < 0, score * gen.repetition_penalty, score / gen.repetition_penalty
-            )
-        if not self.sample:
-            return int(logits.argmax())
-        logits = logits / gen.temperature
-        if gen.top_k > 0:
-            kth = torch.topk(logits, min(gen.top_k, logits.shape[-1])).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if gen.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits)
-            remove = sorted_logits.softmax(-1).cumsum(-1) <= 1 - gen.top_p
-            remove[-1] = False  # always keep the most likely token
-            logits = logits.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-        probs = logits.softmax(-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return self.sampler.pick(logits, self.request.prompt_ids, self.ids)
 
     def accept(self, token: int) -> list[Event]:
         """Record a sampled token; the events it produces (a piece, and the end)."""
@@ -196,17 +89,17 @@ class _Row:
         request.generated = len(self.ids)
         finished = token in engine.stop_token_ids or len(self.ids) >= request.gen.max_new_tokens
         events: list[Event] = []
-        text = _decode(engine.tokenizer, self.ids)
-        if not finished and _first_stop(text, request.stops) is not None:
+        text = decode_tokens(engine.tokenizer, self.ids)
+        if not finished and first_stop(text, request.stops) is not None:
             finished = True
         if not finished:
-            safe = len(text) - _held_back(text, request.stops)
+            safe = len(text) - held_back(text, request.stops)
             if safe > len(self.emitted) and text.startswith(self.emitted):
                 events.append(TextPiece(text[len(self.emitted) : safe]))
                 self.emitted = text[:safe]
             return events
         self.done = True
-        result = engine._result(self.ids, len(request.prompt_ids), request.stops)
+        result = engine.make_result(self.ids, len(request.prompt_ids), request.stops)
         if not result.text.startswith(self.emitted):
             logger.warning("streamed text diverged from the final decode; check the tokenizer")
         elif len(result.text) > len(self.emitted):
