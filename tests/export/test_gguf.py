@@ -127,15 +127,15 @@ def test_q8_0_round_trip(exported):
 
 
 def test_low_bit_types_keep_embeddings_at_q8_0_and_norms_at_f32():
-    from llamaforge.export.gguf import _tensor_type
+    from llamaforge.export.gguf import tensor_type
 
     matrix, vector = np.zeros((8, 64), np.float32), np.zeros(64, np.float32)
-    assert _tensor_type("token_embd.weight", matrix, "q4_0") == "q8_0"
-    assert _tensor_type("output.weight", matrix, "q5_1") == "q8_0"
-    assert _tensor_type("blk.0.attn_q.weight", matrix, "q4_0") == "q4_0"
-    assert _tensor_type("blk.0.attn_norm.weight", vector, "q8_0") == "f32"
-    assert _tensor_type("blk.0.attn_q.weight", np.zeros((8, 48), np.float32), "q8_0") == "f16"
-    assert _tensor_type("blk.0.attn_q.weight", matrix, "bf16") == "bf16"
+    assert tensor_type("token_embd.weight", matrix, "q4_0") == "q8_0"
+    assert tensor_type("output.weight", matrix, "q5_1") == "q8_0"
+    assert tensor_type("blk.0.attn_q.weight", matrix, "q4_0") == "q4_0"
+    assert tensor_type("blk.0.attn_norm.weight", vector, "q8_0") == "f32"
+    assert tensor_type("blk.0.attn_q.weight", np.zeros((8, 48), np.float32), "q8_0") == "f16"
+    assert tensor_type("blk.0.attn_q.weight", matrix, "bf16") == "bf16"
 
 
 @pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s

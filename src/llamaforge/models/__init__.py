@@ -9,6 +9,7 @@ from llamaforge.models.loader import (
     resolve_dtype,
     resolve_model,
     run_dir_template,
+    to_quantization_config,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "resolve_dtype",
     "resolve_model",
     "run_dir_template",
+    "to_quantization_config",
 ]

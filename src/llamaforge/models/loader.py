@@ -155,8 +155,8 @@ def resolve_model(spec: str, *, _depth: int = 0) -> ResolvedModel:
         if len(ggufs) == 1:
             return ResolvedModel("gguf", path, ggufs[0].name, spec=spec)
         raise ModelError(
-            f"{path} holds no model: expected config.json with *.safetensors weights, "
-            "adapter_config.json, or a single .gguf file"
+            f"{path} holds no model: no config.json (with *.safetensors weights), no "
+            "adapter_config.json, no single .gguf file"
         )
     if _HUB_ID.match(spec) and not spec.lower().endswith(".gguf"):
         return ResolvedModel("hub", _hub_snapshot(spec), spec=spec)
@@ -259,8 +259,10 @@ def apply_rope_scaling(config: PretrainedConfig, rope_scaling: dict[str, Any]) -
         raise ModelError(f"key 'rope_scaling': {e}") from None
 
 
-def to_quantization_config(bits: int | None) -> Any:
-    """Our ``quantization_bit`` → a transformers ``BitsAndBytesConfig`` (or None)."""
+def to_quantization_config(bits: int | None, *, compute_dtype: torch.dtype | None = None) -> Any:
+    """Our ``quantization_bit`` → a transformers ``BitsAndBytesConfig`` (or None): the one
+    place bitsandbytes is configured. 4-bit is NF4 with double quantization, computing in
+    ``compute_dtype`` (default bfloat16)."""
     if bits is None:
         return None
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -275,7 +277,7 @@ def to_quantization_config(bits: int | None) -> Any:
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16,
         )
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)

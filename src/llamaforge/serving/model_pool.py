@@ -59,27 +59,17 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def _attach(model: Any, directory: Path, adapter_name: str) -> Any:
     """Add an adapter to ``model`` (wrapping it in a PeftModel the first time)."""
-    from peft import PeftModel, PeftType
+    from peft import PeftType
 
-    if not directory.is_dir():
-        raise ModelError(f"adapter directory not found: {directory}; check --adapter")
-    if not (directory / "adapter_config.json").is_file():
-        raise ModelError(
-            f"{directory} has no adapter_config.json; pass a LoRA adapter or a training run "
-            "directory to --adapter"
-        )
+    from llamaforge.adapters import load_adapter
+
     logger.info("loading adapter %s as '%s'", directory, adapter_name)
-    try:
-        if isinstance(model, PeftModel):
-            model.load_adapter(directory, adapter_name=adapter_name)
-        else:
-            model = PeftModel.from_pretrained(model, directory, adapter_name=adapter_name)
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(
-            f"adapter {directory} does not fit the base model: {first_line}; serve it with the "
-            "base model it was trained on"
-        ) from None
+    model = load_adapter(
+        model,
+        directory,
+        adapter_name=adapter_name,
+        fix="serve it with the base model it was trained on",
+    )
     kind = model.peft_config[adapter_name].peft_type
     if kind != PeftType.LORA:
         raise ModelError(
