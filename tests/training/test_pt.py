@@ -66,7 +66,7 @@ def test_pt_lowers_held_out_perplexity(tiny_model_dir, tmp_path):
     )
     run_dir = run_training(cfg)
     evals = [r for r in read_log(run_dir) if "eval_perplexity" in r]
-    assert [r["step"] for r in evals] == [4, 8]
+    assert [r["step"] for r in evals] == [0, 4, 8]  # 0: before training
     assert evals[-1]["eval_perplexity"] < 0.5 * evals[0]["eval_perplexity"], evals
     assert evals[0]["eval_perplexity"] == pytest.approx(torch.tensor(evals[0]["eval_loss"]).exp())
     saved = json.loads((run_dir / "run_metadata.json").read_text())["plan"]

@@ -41,7 +41,10 @@ def run_pt(cfg: RunConfig) -> Path:
     )
     trainer = TrainedPositionsTrainer(
         model=model,
-        args=training_arguments(cfg, plan, has_eval=val_set is not None),
+        # The perplexity before training is the baseline the run is judged against.
+        args=training_arguments(
+            cfg, plan, has_eval=val_set is not None, eval_on_start=val_set is not None
+        ),
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=packing_collator()
