@@ -11,7 +11,7 @@ Layout (written by `llamaforge train`):
       trainer_log.jsonl        one JSON object per logged step (step, loss, learning_rate, ...)
       loss.png                 train / eval loss curves
       summary.json             tokens trained, wall time, tokens/s, peak memory, best eval loss
-      adapter_config.json + adapter_model.safetensors   (peft methods)  or  model weights (full)
+      adapter_config.json + adapter_model.safetensors   (peft adapters)  or  model weights (full, freeze)
       tokenizer files          including the chat template
       checkpoint-<step>/       resumable checkpoints; valid only with CHECKPOINT_MARKER inside
 

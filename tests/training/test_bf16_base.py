@@ -16,7 +16,7 @@ from llamaforge.training.trainer import cpu_supports_bf16
 
 
 @pytest.mark.parametrize(
-    ("method", "precision", "dtype", "expected"),
+    ("kind", "precision", "dtype", "expected"),
     [
         ("lora", "bf16", "auto", "bfloat16"),
         ("prefix", "bf16", "auto", "bfloat16"),
@@ -28,10 +28,8 @@ from llamaforge.training.trainer import cpu_supports_bf16
         ("lora", "bf16", "float32", "float32"),  # the user's explicit choice stands
     ],
 )
-def test_base_weights_dtype(method, precision, dtype, expected):
-    cfg = load_run_config(
-        None, [f"finetuning={method}", f"precision={precision}", f"dtype={dtype}"]
-    )
+def test_base_weights_dtype(kind, precision, dtype, expected):
+    cfg = load_run_config(None, [f"finetuning={kind}", f"precision={precision}", f"dtype={dtype}"])
     assert base_weights_dtype(cfg, precision) == expected
 
 

@@ -261,7 +261,7 @@ def tokenize_batch(
         else:
             raise DataError(
                 f"{record.source}: a preference pair (prompt/chosen/rejected) cannot be used for "
-                "supervised fine-tuning; use a DPO/reward method or an SFT dataset"
+                "supervised fine-tuning; use a preference stage (reward model, DPO) or an SFT dataset"
             )
         plans.append((record, segments))
         texts.extend(s.text for s in segments)

@@ -36,7 +36,7 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
-# peft methods that prepend their virtual tokens to the input sequence (prefix tuning
+# peft adapters that prepend their virtual tokens to the input sequence (prefix tuning
 # passes them as past keys/values instead, so the sequence keeps its length).
 _PREPENDING_PEFT_TYPES = ("PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING")
 

@@ -1,4 +1,4 @@
-"""Each fine-tuning method on a tiny random Llama: the loss falls, exactly the trainable
+"""Each fine-tuning kind on a tiny random Llama: the loss falls, exactly the trainable
 parameters change, and what is saved is what was trained."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from llamaforge.methods.sft import run_sft
 # fine-tuning moves them fast; the rates below make 6 full-batch steps lower the loss
 # at every step. Measured drops from step 1 to 6: full 25 %, lora 2.9 %, freeze 3.1 %,
 # prefix 1.2 %, prompt 0.23 % (0.025 nats; a frozen run repeats its loss exactly).
-METHODS = {
-    # method: (extra config, minimum relative drop of the loss from step 1 to step 6)
+KINDS = {
+    # kind: (extra config, minimum relative drop of the loss from step 1 to step 6)
     "lora": ({"learning_rate": 1e-2, "lora_dropout": 0.0}, 0.02),
     "full": ({"learning_rate": 1e-2}, 0.2),
     "freeze": ({"learning_rate": 1e-2, "freeze_trainable_layers": 1}, 0.02),
@@ -26,13 +26,13 @@ METHODS = {
 }
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-def test_method_lowers_loss_and_changes_only_trainable_parameters(
-    method: str, tiny_model_dir, overfit_data, tmp_path, capture_attach: AttachedModel
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_kind_lowers_loss_and_changes_only_trainable_parameters(
+    kind: str, tiny_model_dir, overfit_data, tmp_path, capture_attach: AttachedModel
 ):
-    extra, min_drop = METHODS[method]
+    extra, min_drop = KINDS[kind]
     run_dir = run_sft(
-        tiny_config(tiny_model_dir, overfit_data, tmp_path / "run", finetuning=method, **extra)
+        tiny_config(tiny_model_dir, overfit_data, tmp_path / "run", finetuning=kind, **extra)
     )
 
     losses = logged_losses(run_dir)
@@ -44,11 +44,11 @@ def test_method_lowers_loss_and_changes_only_trainable_parameters(
     assert trainable, "nothing was trainable"
     assert changed == trainable  # every trainable parameter moved, no frozen one did
     names = set(capture_attach.before)
-    if method == "full":
+    if kind == "full":
         assert trainable == names
-    elif method == "freeze":
+    elif kind == "freeze":
         assert trainable == {n for n in names if ".layers.1." in n}  # the last 1 of 2 layers
-    elif method == "lora":
+    elif kind == "lora":
         # LoRA B starts at zero: it moved, and A moved once B was non-zero.
         assert {n for n in trainable if "lora_B" in n}
         assert all(("lora_A" in n or "lora_B" in n) for n in trainable)
@@ -59,14 +59,14 @@ def test_method_lowers_loss_and_changes_only_trainable_parameters(
         assert all("prompt_encoder" in n for n in trainable), trainable
 
 
-@pytest.mark.parametrize("method", ["lora", "prefix", "prompt"])
+@pytest.mark.parametrize("kind", ["lora", "prefix", "prompt"])
 def test_saved_adapter_holds_the_trained_weights(
-    method: str, tiny_model_dir, overfit_data, tmp_path, capture_attach: AttachedModel
+    kind: str, tiny_model_dir, overfit_data, tmp_path, capture_attach: AttachedModel
 ):
-    extra, _ = METHODS[method]
+    extra, _ = KINDS[kind]
     run_dir = run_sft(
         tiny_config(
-            tiny_model_dir, overfit_data, tmp_path / "run", finetuning=method, max_steps=2, **extra
+            tiny_model_dir, overfit_data, tmp_path / "run", finetuning=kind, max_steps=2, **extra
         )
     )
     saved = load_file(run_dir / "adapter_model.safetensors")
