@@ -202,3 +202,13 @@ def test_every_stage_entry_point_exists_and_config_keys_lists_keys_by_stage(caps
     out = capsys.readouterr().out
     assert "[sft] stage sft only" in out and "[pt] stage pt only" in out
     assert out.index("[pt] stage pt only") < out.index("  train_embeddings = False")
+
+
+@pytest.mark.parametrize("stage", ["sft", "pt"])
+def test_a_saved_run_config_loads_back_unchanged(tmp_path: Path, stage: str) -> None:
+    import yaml
+
+    cfg = load_run_config(None, [f"stage={stage}", "seed=3", "dataset=a.json"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert config_to_dict(load_run_config(path)) == config_to_dict(cfg)
