@@ -115,11 +115,19 @@ class TrainingConfig:
     learning_rate: float = 2e-4
     """Peak learning rate."""
     warmup_steps: int = 0
-    """Linear warmup steps (wins over warmup_ratio when > 0)."""
+    """Linear warmup steps from 0 to learning_rate (wins over warmup_ratio when > 0). Not
+    with lr_scheduler_type constant (use constant_with_warmup)."""
     warmup_ratio: float = 0.0
-    """Linear warmup as a fraction of all steps."""
+    """Linear warmup as a fraction of all steps (rounded up)."""
     lr_scheduler_type: str = "cosine"
-    """linear | cosine | cosine_with_restarts | constant | constant_with_warmup."""
+    """Learning-rate schedule after warmup: linear (down to 0) | cosine (half a cosine down
+    to 0) | cosine_with_restarts (``lr_scheduler_cycles`` cosine decays, each starting again
+    at learning_rate) | constant | constant_with_warmup | polynomial (linear down to 1e-7).
+    The rate logged for a step is the rate that step used."""
+    lr_scheduler_cycles: int = 1
+    """cosine_with_restarts: how many cosine decays fit in the steps after warmup; the
+    learning rate jumps back to learning_rate at the start of each (1: one decay, no
+    restart). The other schedulers have no cycles and refuse a value other than 1."""
     optim: str = "adamw_torch"
     """Optimizer name understood by transformers (adamw_torch, sgd, adafactor, ...)."""
     weight_decay: float = 0.0

@@ -99,6 +99,19 @@ def validate_run_config(cfg: RunConfig) -> list[str]:
         errors.append("key 'num_epochs': must be > 0 (or set max_steps)")
     if not 0 <= tr.warmup_ratio < 1:
         errors.append(f"key 'warmup_ratio': must be in [0, 1), got {tr.warmup_ratio}")
+    if tr.lr_scheduler_type == "constant" and (tr.warmup_steps > 0 or tr.warmup_ratio > 0):
+        key = "warmup_steps" if tr.warmup_steps > 0 else "warmup_ratio"
+        errors.append(
+            f"key '{key}': lr_scheduler_type constant has no warmup (the trainer would ignore "
+            "it); use lr_scheduler_type constant_with_warmup"
+        )
+    if tr.lr_scheduler_cycles < 1:
+        errors.append(f"key 'lr_scheduler_cycles': must be >= 1, got {tr.lr_scheduler_cycles}")
+    elif tr.lr_scheduler_cycles != 1 and tr.lr_scheduler_type != "cosine_with_restarts":
+        errors.append(
+            f"key 'lr_scheduler_cycles': {tr.lr_scheduler_cycles} cycles need "
+            f"lr_scheduler_type cosine_with_restarts; '{tr.lr_scheduler_type}' has no cycles"
+        )
     for key in ("logging_steps", "eval_steps", "save_steps", "save_total_limit"):
         value = getattr(tr, key)
         if value is not None and value < 1:

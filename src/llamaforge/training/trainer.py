@@ -146,6 +146,11 @@ def to_training_arguments(
         learning_rate=tr.learning_rate,
         warmup_steps=tr.warmup_steps if tr.warmup_steps > 0 else tr.warmup_ratio,
         lr_scheduler_type=tr.lr_scheduler_type,
+        # Only cosine_with_restarts takes cycles (validate.py refuses them elsewhere); plain
+        # cosine's own num_cycles (0.5: half a wave) must keep its default.
+        lr_scheduler_kwargs={"num_cycles": tr.lr_scheduler_cycles}
+        if tr.lr_scheduler_type == "cosine_with_restarts"
+        else None,
         optim=tr.optim,
         weight_decay=tr.weight_decay,
         max_grad_norm=tr.max_grad_norm,
