@@ -145,9 +145,12 @@ class TrainingConfig:
     save_total_limit: int | None = 3
     """Keep at most N checkpoints."""
     load_best_model_at_end: bool = False
-    """Keep the checkpoint with the lowest eval loss as the final model."""
+    """Save the checkpoint with the lowest eval loss as the final model (``summary.json``
+    names it as best_checkpoint; save_total_limit never deletes it). Needs a validation
+    split, and checkpoints where evaluations happen: eval_steps and save_steps both unset
+    (once per epoch), or save_steps a multiple of eval_steps."""
     early_stopping_patience: int | None = None
-    """Stop when eval loss has not improved for N evaluations."""
+    """Stop when eval loss has not improved for N evaluations in a row."""
     resume_from_checkpoint: str | None = None
     """``auto`` (newest valid checkpoint in output_dir) or a checkpoint directory."""
     precision: str = "auto"
@@ -159,7 +162,8 @@ class TrainingConfig:
     neftune_noise_alpha: float | None = None
     """NEFTune: add uniform noise of this scale to embeddings while training."""
     report_to: tuple[str, ...] = ()
-    """Extra loggers: tensorboard, wandb (trainer_log.jsonl is always written)."""
+    """Extra loggers: tensorboard (event files under ``<output_dir>/runs/``), wandb
+    (trainer_log.jsonl is always written)."""
     deepspeed: str | None = None
     """DeepSpeed config JSON passed to the trainer."""
     fsdp: str | None = None
