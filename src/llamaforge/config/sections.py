@@ -167,7 +167,8 @@ class TrainingConfig:
     deepspeed: str | None = None
     """DeepSpeed config JSON passed to the trainer."""
     fsdp: str | None = None
-    """FSDP options passed to the trainer, e.g. ``full_shard auto_wrap``."""
+    """FSDP options passed to the trainer, e.g. ``full_shard auto_wrap``. CUDA only: refused
+    on CPU, where accelerate would silently run plain data parallelism instead."""
     predict_with_generate: bool = False
     """After training, generate answers for the validation split and score BLEU/ROUGE."""
 

@@ -70,6 +70,13 @@ def check_hardware(cfg: RunConfig) -> None:
 
         if not cpu_supports_bf16():
             raise ConfigError("key 'precision': this CPU has no bf16 support; use fp32")
+    if cfg.training.fsdp and not torch.cuda.is_available():
+        # accelerate builds its FSDP plugin for GPU process groups only: on CPU the Trainer
+        # would accept fsdp and run plain DDP (every rank holding every weight).
+        raise ConfigError(
+            "key 'fsdp': FSDP needs CUDA GPUs; on CPU it would silently run as plain data "
+            "parallelism. Unset fsdp (torchrun alone gives data parallelism on CPU)"
+        )
     if cfg.training.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("key 'deepspeed': the deepspeed package is not installed")
     if "tensorboard" in cfg.training.report_to and importlib.util.find_spec("tensorboard") is None:
