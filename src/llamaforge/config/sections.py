@@ -118,11 +118,19 @@ class TrainingConfig:
     learning_rate: float = 2e-4
     """Peak learning rate."""
     warmup_steps: int = 0
-    """Linear warmup steps (wins over warmup_ratio when > 0)."""
+    """Linear warmup steps from 0 to learning_rate (wins over warmup_ratio when > 0). Not
+    with lr_scheduler_type constant (use constant_with_warmup)."""
     warmup_ratio: float = 0.0
-    """Linear warmup as a fraction of all steps."""
+    """Linear warmup as a fraction of all steps (rounded up)."""
     lr_scheduler_type: str = "cosine"
-    """linear | cosine | cosine_with_restarts | constant | constant_with_warmup."""
+    """Learning-rate schedule after warmup: linear (down to 0) | cosine (half a cosine down
+    to 0) | cosine_with_restarts (``lr_scheduler_cycles`` cosine decays, each starting again
+    at learning_rate) | constant | constant_with_warmup | polynomial (linear down to 1e-7).
+    The rate logged for a step is the rate that step used."""
+    lr_scheduler_cycles: int = 1
+    """cosine_with_restarts: how many cosine decays fit in the steps after warmup; the
+    learning rate jumps back to learning_rate at the start of each (1: one decay, no
+    restart). The other schedulers have no cycles and refuse a value other than 1."""
     optim: str = "adamw_torch"
     """Optimizer name understood by transformers (adamw_torch, sgd, adafactor, ...)."""
     weight_decay: float = 0.0
@@ -140,9 +148,12 @@ class TrainingConfig:
     save_total_limit: int | None = 3
     """Keep at most N checkpoints."""
     load_best_model_at_end: bool = False
-    """Keep the checkpoint with the lowest eval loss as the final model."""
+    """Save the checkpoint with the lowest eval loss as the final model (``summary.json``
+    names it as best_checkpoint; save_total_limit never deletes it). Needs a validation
+    split, and checkpoints where evaluations happen: eval_steps and save_steps both unset
+    (once per epoch), or save_steps a multiple of eval_steps."""
     early_stopping_patience: int | None = None
-    """Stop when eval loss has not improved for N evaluations."""
+    """Stop when eval loss has not improved for N evaluations in a row."""
     resume_from_checkpoint: str | None = None
     """``auto`` (newest valid checkpoint in output_dir) or a checkpoint directory."""
     precision: str = "auto"
@@ -152,11 +163,13 @@ class TrainingConfig:
     torch_compile: bool = False
     """Compile the model with torch.compile."""
     report_to: tuple[str, ...] = ()
-    """Extra loggers: tensorboard, wandb (trainer_log.jsonl is always written)."""
+    """Extra loggers: tensorboard (event files under ``<output_dir>/runs/``), wandb
+    (trainer_log.jsonl is always written)."""
     deepspeed: str | None = None
     """DeepSpeed config JSON passed to the trainer."""
     fsdp: str | None = None
-    """FSDP options passed to the trainer, e.g. ``full_shard auto_wrap``."""
+    """FSDP options passed to the trainer, e.g. ``full_shard auto_wrap``. CUDA only: refused
+    on CPU, where accelerate would silently run plain data parallelism instead."""
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,27 @@ def validate_generation(gen: GenerationConfig) -> list[str]:
     return errors
 
 
+def _best_model_checkpoint_errors(eval_steps: int | None, save_steps: int | None) -> list[str]:
+    """load_best_model_at_end picks among the checkpoints saved where evaluations ran, so
+    the two intervals must line up: both unset (once per epoch), or save_steps a multiple
+    of eval_steps. Otherwise the Trainer raises "requires the save and eval strategy to
+    match" (or "... a multiple of the evaluation steps") after the model has loaded."""
+    if eval_steps == save_steps or (eval_steps and save_steps and save_steps % eval_steps == 0):
+        return []
+    if save_steps is None:
+        problem = f"eval_steps is {eval_steps} but save_steps is unset (a checkpoint per epoch)"
+        fix = f"set save_steps={eval_steps} (or a multiple of {eval_steps})"
+    elif eval_steps is None:
+        problem = f"save_steps is {save_steps} but eval_steps is unset (an evaluation per epoch)"
+        fix = f"set eval_steps={save_steps} (or a divisor of {save_steps}), or unset save_steps"
+    else:
+        problem = f"save_steps {save_steps} is not a multiple of eval_steps {eval_steps}"
+        fix = f"set save_steps={eval_steps * max(1, save_steps // eval_steps)}"
+    return [
+        f"key 'load_best_model_at_end' needs a checkpoint at every evaluation: {problem}; {fix}"
+    ]
+
+
 def validate_run_config(cfg: RunConfig) -> list[str]:
     errors: list[str] = []
     _choice(errors, "dtype", cfg.model.dtype)
@@ -101,6 +122,19 @@ def validate_run_config(cfg: RunConfig) -> list[str]:
         errors.append("key 'num_epochs': must be > 0 (or set max_steps)")
     if not 0 <= tr.warmup_ratio < 1:
         errors.append(f"key 'warmup_ratio': must be in [0, 1), got {tr.warmup_ratio}")
+    if tr.lr_scheduler_type == "constant" and (tr.warmup_steps > 0 or tr.warmup_ratio > 0):
+        key = "warmup_steps" if tr.warmup_steps > 0 else "warmup_ratio"
+        errors.append(
+            f"key '{key}': lr_scheduler_type constant has no warmup (the trainer would ignore "
+            "it); use lr_scheduler_type constant_with_warmup"
+        )
+    if tr.lr_scheduler_cycles < 1:
+        errors.append(f"key 'lr_scheduler_cycles': must be >= 1, got {tr.lr_scheduler_cycles}")
+    elif tr.lr_scheduler_cycles != 1 and tr.lr_scheduler_type != "cosine_with_restarts":
+        errors.append(
+            f"key 'lr_scheduler_cycles': {tr.lr_scheduler_cycles} cycles need "
+            f"lr_scheduler_type cosine_with_restarts; '{tr.lr_scheduler_type}' has no cycles"
+        )
     for key in ("logging_steps", "eval_steps", "save_steps", "save_total_limit"):
         value = getattr(tr, key)
         if value is not None and value < 1:
@@ -109,6 +143,10 @@ def validate_run_config(cfg: RunConfig) -> list[str]:
         errors.append("key 'early_stopping_patience' needs a validation split (val_set_size > 0)")
     if tr.load_best_model_at_end and not cfg.data.val_set_size:
         errors.append("key 'load_best_model_at_end' needs a validation split (val_set_size > 0)")
+    elif tr.load_best_model_at_end and all(
+        value is None or value >= 1 for value in (tr.eval_steps, tr.save_steps)
+    ):
+        errors.extend(_best_model_checkpoint_errors(tr.eval_steps, tr.save_steps))
     if (
         isinstance(cfg.options, SFTConfig)
         and cfg.options.neftune_noise_alpha is not None

@@ -98,6 +98,13 @@ def check_hardware(cfg: RunConfig) -> None:
         raise ConfigError("key 'precision': fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
     if precision == "bf16" and not torch.cuda.is_available() and not cpu_supports_bf16():
         raise ConfigError("key 'precision': this CPU has no bf16 support; use fp32")
+    if tr.fsdp and not torch.cuda.is_available():
+        # accelerate builds its FSDP plugin for GPU process groups only: on CPU the Trainer
+        # would accept fsdp and run plain DDP (every rank holding every weight).
+        raise ConfigError(
+            "key 'fsdp': FSDP needs CUDA GPUs; on CPU it would silently run as plain data "
+            "parallelism. Unset fsdp (torchrun alone gives data parallelism on CPU)"
+        )
     if tr.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("key 'deepspeed': the deepspeed package is not installed")
     for logger_name in tr.report_to:
@@ -210,6 +217,11 @@ def training_arguments(
         "learning_rate": tr.learning_rate,
         "warmup_steps": tr.warmup_steps if tr.warmup_steps > 0 else tr.warmup_ratio,
         "lr_scheduler_type": tr.lr_scheduler_type,
+        # Only cosine_with_restarts takes cycles (validate.py refuses them elsewhere); plain
+        # cosine's own num_cycles (0.5: half a wave) must keep its default.
+        "lr_scheduler_kwargs": {"num_cycles": tr.lr_scheduler_cycles}
+        if tr.lr_scheduler_type == "cosine_with_restarts"
+        else None,
         "optim": tr.optim,
         "weight_decay": tr.weight_decay,
         "max_grad_norm": tr.max_grad_norm,

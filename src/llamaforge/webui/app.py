@@ -230,7 +230,9 @@ def build_app(cfg: RunConfig, *, runs_dir: str | Path = "runs") -> Any:
                     t_dataset_dir = gr.Textbox(cfg.data.dataset_dir or "", label="Dataset dir")
                 with gr.Row():
                     t_method = gr.Dropdown(
-                        list(CHOICES["finetuning"]), value=cfg.finetuning.finetuning, label="Finetuning"
+                        list(CHOICES["finetuning"]),
+                        value=cfg.finetuning.finetuning,
+                        label="Finetuning",
                     )
                     t_template = gr.Dropdown(
                         templates,
