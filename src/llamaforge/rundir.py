@@ -22,6 +22,7 @@ so a crash mid-save leaves a directory that `resume_from_checkpoint: auto` ignor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -119,6 +120,16 @@ def run_fingerprint(cfg: RunConfig, data_hash: str) -> dict[str, Any]:
     return flat
 
 
+def default_values() -> dict[str, Any]:
+    """Every key's default, flat and plain (lists, not tuples), as fingerprints hold them."""
+    from llamaforge.config.loader import ALL_SECTIONS
+
+    flat: dict[str, Any] = {}
+    for cls in ALL_SECTIONS.values():
+        flat.update(json.loads(json.dumps(dataclasses.asdict(cls()))))
+    return flat
+
+
 def hash_examples(examples: Iterable[dict[str, Any]]) -> str:
     """Content hash of tokenized examples: every column but ``attention_mask`` (derived),
     in order. Works for any stage's columns (input_ids/labels, chosen/rejected ids, ...)."""
@@ -164,7 +175,14 @@ def resolve_resume(run_dir: Path, resume: str | None, fingerprint: dict[str, Any
                 "checkpoint (no marker file); use 'auto' to pick the newest valid one"
             )
     saved = json.loads((checkpoint / CHECKPOINT_MARKER).read_text())["fingerprint"]
-    changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    # A key added to llamaforge after the checkpoint was written is absent from it: the run
+    # had that key's default, so only a non-default value now is a change.
+    defaults = default_values()
+    changed = sorted(
+        k
+        for k in set(saved) | set(fingerprint)
+        if saved.get(k, defaults.get(k)) != fingerprint.get(k, defaults.get(k))
+    )
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {fingerprint.get(k)!r}" for k in changed[:5])
         raise ConfigError(

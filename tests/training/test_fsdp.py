@@ -34,7 +34,7 @@ def test_fsdp_is_refused_on_cpu(method, tiny_model_dir, overfit_data, tmp_path):
 
 
 # What the refusal rests on; when accelerate starts sharding on CPU this fails, and the
-# refusal in check_hardware (methods/sft.py) can give way to a test like test_distributed's.
+# refusal in check_hardware (training/harness.py) can give way to a test like test_distributed's.
 ACCELERATE_ON_CPU = textwrap.dedent(
     """
     from accelerate import Accelerator

@@ -180,3 +180,15 @@ def test_resume_without_checkpoint_starts_fresh_in_an_empty_dir(
         )
     )
     assert [r["step"] for r in read_log(run_dir)] == [1, 2]
+
+
+def test_a_key_added_since_the_checkpoint_resumes_at_its_default(finished_run):
+    """Checkpoints written before a key existed hold no value for it: the default."""
+    fingerprint = json.loads((finished_run / "run_metadata.json").read_text())["fingerprint"]
+    marker = finished_run / "checkpoint-4" / CHECKPOINT_MARKER
+    saved = json.loads(marker.read_text())
+    del saved["fingerprint"]["lr_scheduler_cycles"]
+    marker.write_text(json.dumps(saved))
+    assert resolve_resume(finished_run, "auto", fingerprint) == finished_run / "checkpoint-4"
+    with pytest.raises(ConfigError, match="lr_scheduler_cycles: None → 3"):
+        resolve_resume(finished_run, "auto", {**fingerprint, "lr_scheduler_cycles": 3})
