@@ -56,5 +56,5 @@ def load_adapter(
         # Shape mismatches (adapter trained on another base) surface as RuntimeError.
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(
-            f"adapter {directory} does not fit the base model: {first_line}; {fix}"
+            f"{directory}: adapter does not fit the base model ({first_line}); {fix}"
         ) from None

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from llamaforge.errors import ExportError
+from llamaforge.errors import ExportError, ModelError
 from llamaforge.export.sources import (
     AdapterFiles,
     adapter_vocab_size,
@@ -159,16 +159,15 @@ def _snapshot(model: Any, modules: set[str]) -> dict[str, torch.Tensor]:
 
 
 def _attach(model: Any, adapter: AdapterFiles, base_name: str) -> Any:
-    from peft import PeftModel, get_peft_model_state_dict
+    from peft import get_peft_model_state_dict
+
+    from llamaforge.adapters import load_adapter
 
     fix = f"pass the base model this adapter was trained on with --model (now '{base_name}')"
     try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter.directory), is_trainable=False)
-    except (RuntimeError, ValueError, KeyError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(
-            f"{adapter.directory}: adapter does not fit the base model ({first_line}); {fix}"
-        ) from None
+        peft_model = load_adapter(model, adapter.directory, fix=fix)
+    except ModelError as e:
+        raise ExportError(str(e)) from None
     expected = set(get_peft_model_state_dict(peft_model, save_embedding_layers=True))
     unused = sorted(set(adapter.shapes) - expected)
     if unused:
