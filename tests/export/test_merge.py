@@ -201,7 +201,9 @@ def test_tolerance_scales_with_depth_and_logit_size():
     assert real > 5 * 1.11e-4
     assert real < 1.3e-3  # one of its 210 tensors with 90 % of its delta: >= 1.3e-3
     tiny = logit_tolerance([torch.tensor([[0.5, -1.0]])], LlamaConfig(num_hidden_layers=2))
-    assert tiny == pytest.approx(RTOL_PER_STAGE * FP32_EPS * 4 * 1.0)
+    # Shallow models get the floor: a good 2-layer merge showed 29 eps × max |logit|.
+    assert tiny == pytest.approx(RTOL_PER_STAGE * FP32_EPS * 32 * 1.0)
+    assert tiny > 29 * FP32_EPS * 1.0
 
 
 @pytest.mark.parametrize("kept", [0.0, 0.9], ids=["delta-dropped", "delta-x0.9"])
