@@ -339,7 +339,7 @@ def load_model(
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     logger.info("loading %s (%s) from %s", cfg.model, str(dtype).removeprefix("torch."), directory)
     try:
-        model = getattr(transformers, auto_class).from_pretrained(directory, **kwargs)
+        model: Any = getattr(transformers, auto_class).from_pretrained(directory, **kwargs)
     except pickle.UnpicklingError as e:
         raise ModelError(
             f"{directory}: refusing to unpickle a .bin checkpoint that holds more than tensors "
