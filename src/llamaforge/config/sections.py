@@ -229,7 +229,7 @@ class RunConfig:
     finetuning: FinetuningConfig = field(default_factory=FinetuningConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    options: Any = None
+    options: Any = field(default_factory=SFTConfig)
     """The options section of ``training.stage`` (an ``SFTConfig`` for sft, ...)."""
     source: str | None = None
     """The YAML file this config came from (None when built from overrides alone)."""
