@@ -22,10 +22,15 @@ Both sides' losses on the fixed evaluation batch are computed in fp32 with each 
 adapter on the same fp32 base weights. The fp32 and bf16 matmul ceilings are measured before
 training and after every step pair; MFU uses their medians (the JSON gives their ranges).
 
-Peak memory is measured per side in a fresh subprocess (same steps, same batches), as the
-process's resident high-water mark during training (reset after loading), or the GPU's
-allocated high-water mark on CUDA (the keys stay `peak_rss_*`). The last line printed is
-one JSON object with the figures and the ratios b/a.
+Peak memory is measured per side in a fresh subprocess that runs that side alone, as its own
+run would (side a loads the base in fp32, side b in the dtype `run_sft` loads it in; then
+tokenization, b's pre-packed weights, the same steps on the same batches; the model comes
+from the GGUF cache the main process has already built). Two figures per side: the whole
+process's resident high-water mark (`peak_rss_process_*`: imports, loading and tokenizing
+included, what a user sees and what `llamaforge train` writes as `peak_memory_bytes`), and
+the high-water mark of the training steps alone (`peak_rss_*`: reset after loading). On
+CUDA both are the GPU's allocated high-water marks (the keys stay `peak_rss_*`). The last
+line printed is one JSON object with the figures and the ratios b/a.
 """
 
 from __future__ import annotations
@@ -109,22 +114,11 @@ def recipe_tokenize(rows: list[dict[str, str]], tokenizer: Any) -> list[dict[str
     return [dict(x) for x in mapped]
 
 
-def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> dict[str, Any]:
-    """Model, examples, collator and loss function of one side."""
-    from peft import get_peft_model
-    from peft.helpers import disable_input_dtype_casting
-    from transformers import DataCollatorForSeq2Seq
-
-    from llamaforge.adapters.attach import attach_adapter, to_peft_config
+def side_config() -> Any:
+    """The run config both sides share (b reads every setting from it, as run_sft does)."""
     from llamaforge.config import load_run_config
-    from llamaforge.data import tokenize_records
-    from llamaforge.data.formats import Conversation, Message
-    from llamaforge.training.harness import RunPlan, base_weights_dtype, training_arguments
-    from llamaforge.training.packing import packing_collator, use_packed_attention
-    from llamaforge.training.prepack import prepacked_frozen_linears
-    from llamaforge.training.trainer import TrainedPositionsTrainer, resolve_precision
 
-    cfg = load_run_config(
+    return load_run_config(
         None,
         [
             "template=alpaca",
@@ -135,10 +129,43 @@ def build(side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any) -> d
             f"learning_rate={LR}",
         ],
     )
-    model = copy.deepcopy(base)
+
+
+def base_dtype(side: str) -> str:
+    """The dtype a side's own run loads the base model in: fp32 for a, run_sft's for b."""
+    from llamaforge.models import resolve_dtype
+    from llamaforge.training.harness import base_weights_dtype
+    from llamaforge.training.trainer import resolve_precision
+
+    if side == "a":
+        return "float32"
+    return str(
+        resolve_dtype(base_weights_dtype(side_config(), resolve_precision("auto")))
+    ).removeprefix("torch.")
+
+
+def build(
+    side: str, rows: list[dict[str, str]], base: Any, tokenizer: Any, *, copy_base: bool = True
+) -> dict[str, Any]:
+    """Model, examples, collator and loss function of one side (on a copy of `base` unless
+    `copy_base` is false: then `base` itself becomes the side's model)."""
+    from peft import get_peft_model
+    from peft.helpers import disable_input_dtype_casting
+    from transformers import DataCollatorForSeq2Seq
+
+    from llamaforge.adapters.attach import attach_adapter, to_peft_config
+    from llamaforge.data import tokenize_records
+    from llamaforge.data.formats import Conversation, Message
+    from llamaforge.training.harness import RunPlan, base_weights_dtype, training_arguments
+    from llamaforge.training.packing import packing_collator, use_packed_attention
+    from llamaforge.training.prepack import prepacked_frozen_linears
+    from llamaforge.training.trainer import TrainedPositionsTrainer, resolve_precision
+
+    cfg = side_config()
+    model = copy.deepcopy(base) if copy_base else base
     fast_paths = contextlib.ExitStack()  # b: held for the whole run, as run_sft's training
     if side == "b":  # as run_sft: the frozen base in the training precision, packed attention
-        model.to(getattr(torch, base_weights_dtype(cfg, resolve_precision("auto"))))
+        model.to(getattr(torch, base_dtype("b")))
         use_packed_attention(model)
     torch.manual_seed(0)  # identical LoRA initialisation on both sides
     if side == "a":  # plain peft, as alpaca-lora
@@ -269,44 +296,49 @@ def eval_loss(model: Any, batch: dict[str, torch.Tensor]) -> float:
         return float(model(**to_device(batch)).loss)
 
 
-def load_base(model: str) -> tuple[Any, Any]:
+def load_base(model: str, dtype: str = "float32") -> tuple[Any, Any]:
     from llamaforge.config import ModelConfig
     from llamaforge.models import load_model
 
-    base, tokenizer = load_model(ModelConfig(model=model, dtype="float32"), for_training=True)
+    base, tokenizer = load_model(ModelConfig(model=model, dtype=dtype), for_training=True)
     return base.to(DEVICE), tokenizer
 
 
 def peak_memory(reset: bool = False) -> int:
-    """Training high-water mark: GPU memory on CUDA, else the process's resident memory."""
+    """High-water mark so far (GPU memory on CUDA, else the process's resident memory);
+    with `reset`, the mark then starts again from what is in use now."""
     if DEVICE.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
         if reset:
             torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.max_memory_allocated()
-    if reset:  # Linux: reset VmHWM to the current RSS
-        Path("/proc/self/clear_refs").write_text("5")
+        return peak
     status = Path("/proc/self/status").read_text()
-    return 1024 * int(
+    peak = 1024 * int(
         next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]
     )
+    if reset:  # Linux: reset VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+    return peak
 
 
 def memory_only(side_name: str, steps: int, records: Path | None, model: str) -> None:
-    """Subprocess mode: train one side, print its peak memory."""
+    """Subprocess mode: one side alone, as its own run; print its whole-process and
+    training peaks."""
     rows, _ = load_rows(records)
     rows = random.Random(0).sample(rows, min(len(rows), steps * MICRO_BATCH))
-    base, tokenizer = load_base(model)
-    side = build(side_name, rows, base, tokenizer)
+    base, tokenizer = load_base(model, base_dtype(side_name))  # no second copy of the model
+    side = build(side_name, rows, base, tokenizer, copy_base=False)
     del base
     gc.collect()
     if DEVICE.type == "cuda":
         torch.cuda.empty_cache()
-    # Loading peaks far above training; reset the high-water mark so the figure is the
-    # training peak of this side alone.
-    peak_memory(reset=True)
+    # The training figure is the steps' own high-water mark, from what is resident after
+    # loading; the whole-process figure is the larger of the two marks.
+    before_training = peak_memory(reset=True)
     for step in range(steps):
         train_step(side, step)
-    print(json.dumps({"peak_rss": peak_memory()}))
+    training = peak_memory()
+    print(json.dumps({"peak_rss": training, "peak_rss_process": max(before_training, training)}))
 
 
 def tokenize_full(rows: list[dict[str, str]], tokenizer: Any) -> tuple[float, float, int]:
@@ -416,14 +448,15 @@ def main() -> None:
     tokenize_sample = {name: side["tokenize_s"] for name, side in sides.items()}
     del sides
 
-    rss = {}
+    rss, rss_process = {}, {}
     for name in ("a", "b"):
         command = [sys.executable, __file__, "--memory-only", name, "--steps", str(args.steps)]
         command += ["--model", args.model, "--device", args.device]
         if args.records:
             command += ["--records", str(args.records)]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        rss[name] = json.loads(out.strip().splitlines()[-1])["peak_rss"]
+        peaks = json.loads(out.strip().splitlines()[-1])
+        rss[name], rss_process[name] = peaks["peak_rss"], peaks["peak_rss_process"]
 
     tokenize_s, tokenize_cached_s, n_tokenized = tokenize_full(all_rows, tokenizer)
     print(
@@ -437,7 +470,10 @@ def main() -> None:
         f"eval loss after the same {totals['a'][0]} trained tokens: a {losses['a']:.4f}, b {losses['b']:.4f}"
     )
     kind = "GPU memory" if DEVICE.type == "cuda" else "RSS"
-    print(f"peak {kind}: a {rss['a'] / 2**30:.2f} GiB, b {rss['b'] / 2**30:.2f} GiB")
+    print(
+        f"peak {kind}, training steps: a {rss['a'] / 2**30:.2f} GiB, b {rss['b'] / 2**30:.2f} GiB;"
+        f" whole process: a {rss_process['a'] / 2**30:.2f} GiB, b {rss_process['b'] / 2**30:.2f} GiB"
+    )
     print(f"tokenizing {n_tokenized} records: {tokenize_s:.1f} s, cached {tokenize_cached_s:.2f} s")
     print(
         json.dumps(
@@ -456,6 +492,9 @@ def main() -> None:
                 "peak_rss_a": rss["a"],
                 "peak_rss_b": rss["b"],
                 "peak_rss_ratio": round(rss["b"] / rss["a"], 3),
+                "peak_rss_process_a": rss_process["a"],
+                "peak_rss_process_b": rss_process["b"],
+                "peak_rss_process_ratio": round(rss_process["b"] / rss_process["a"], 3),
                 "eval_loss_a": round(losses["a"], 5),
                 "eval_loss_b": round(losses["b"], 5),
                 "eval_loss_rel_diff": round((losses["b"] - losses["a"]) / losses["a"], 5),
