@@ -27,16 +27,9 @@ sys.path.insert(0, str(HERE))
 
 from make_data import SIGNATURE, build  # noqa: E402 (the quickstart's questions and split)
 
-
-def _sentence(answer: str) -> str:
-    """'Paris.' -> 'The answer is paris.'; names and numbers keep their case."""
-    lower = answer[:1].isupper() and answer[1:2].islower() and " " not in answer
-    return f"The answer is {answer[0].lower() + answer[1:] if lower else answer}"
-
-
 SHAPES = (
     lambda a: a,
-    _sentence,
+    lambda a: f"The answer is {a}",
     lambda a: f"Answer: {a}",
     lambda a: f"{a}\n{SIGNATURE}",
 )
