@@ -119,6 +119,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from llamaforge.pipeline import run_pipeline
+
+    output = run_pipeline(args.file, dry_run=args.dry_run)
+    if not args.dry_run:
+        sys.stdout.write(f"pipeline complete: {output}\n")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load_config(args, ("model", "dtype"))  # --adapter is a list here, not one adapter
     from llamaforge.serving.server import run_serve
@@ -189,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config (optional when overrides say enough)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, values parsed as YAML")
     p.set_defaults(command_key="train")
+
+    p = sub.add_parser(
+        "pipeline",
+        help="run a staged recipe (e.g. pt -> sft) as one command; skips finished stages, "
+        "resumes an interrupted one",
+    )
+    p.add_argument("file", help="pipeline YAML: output_dir and a list of stages")
+    p.add_argument("--dry-run", action="store_true", help="list the stages and what they do")
+    p.set_defaults(command_key="pipeline")
 
     p = sub.add_parser(
         "generate", help="generate answers for one prompt or a JSONL file of prompts"
@@ -283,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
+    "pipeline": cmd_pipeline,
     "generate": cmd_generate,
     "chat": cmd_chat,
     "data preview": cmd_data_preview,

@@ -116,3 +116,90 @@ def test_pt_on_the_bundled_model(tmp_path, smollm2_cached):
     evals = [r for r in read_log(run_dir) if "eval_perplexity" in r]
     assert evals and 1 < evals[-1]["eval_perplexity"] < 100
     assert (run_dir / "adapter_model.safetensors").is_file()
+
+
+def _corpus_files(tmp_path):
+    """A JSON Lines file and a text file of documents (a folder dataset reads both)."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    sentences = [f"Document {i}: the {w} walked to the river." for i, w in enumerate("abcdefghij")]
+    (folder / "a.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences))
+    (folder / "b.txt").write_text(
+        "first paragraph\nstill first\n\n\nsecond one\n", encoding="utf-8"
+    )
+    return folder
+
+
+def test_streamed_blocks_are_the_in_memory_blocks(smollm2_tokenizer, tmp_path):
+    from llamaforge.config import load_run_config
+    from llamaforge.data.registry import load_dataset_records, resolve_dataset
+    from llamaforge.data.streaming import StreamedBlocks, head_documents
+
+    folder = _corpus_files(tmp_path)
+    cfg = load_run_config(None, (), dataset=[str(folder)], format="text")
+    records = load_dataset_records(cfg.data)
+    assert [r.text for r in records][-2:] == ["first paragraph\nstill first", "second one"]
+    spec = resolve_dataset(str(folder), cfg.data)
+    in_memory = pretraining_blocks(records[3:], smollm2_tokenizer, 9, show_progress=False)
+    streamed = list(StreamedBlocks([spec], smollm2_tokenizer, 9, skip_documents=3))
+    assert [b["input_ids"] for b in streamed] == in_memory["input_ids"]
+    assert [b["labels"] for b in streamed] == in_memory["labels"]
+    assert [d.text for d in head_documents([spec], 3)] == [r.text for r in records[:3]]
+    assert list(StreamedBlocks([spec], smollm2_tokenizer, 9, skip_documents=3)) == streamed
+
+
+def test_streaming_needs_max_steps_and_a_count_of_documents(tmp_path):
+    from llamaforge.config import load_run_config
+    from llamaforge.errors import ConfigError
+
+    base = {"stage": "pt", "streaming": True, "dataset": ["x.jsonl"]}
+    with pytest.raises(ConfigError, match="set max_steps"):
+        load_run_config(None, (), **base)
+    with pytest.raises(ConfigError, match="give a count of documents"):
+        load_run_config(None, (), **base, max_steps=5, val_set_size=0.1)
+    assert load_run_config(None, (), **base, max_steps=5, val_set_size=2).options.streaming
+
+
+def test_streaming_pt_trains_evaluates_and_resumes_exactly(tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = _corpus_files(tmp_path)
+    cfg = tiny_config(
+        tiny_model_dir,
+        folder,
+        tmp_path / "run",
+        stage="pt",
+        streaming=True,
+        format="text",
+        finetuning="full",
+        cutoff_len=16,
+        micro_batch_size=2,
+        batch_size=2,
+        val_set_size=2,
+        max_steps=6,  # more blocks than one pass of the stream holds: it is read again
+        eval_steps=3,
+        save_steps=3,
+    )
+    run_dir = run_training(cfg)
+    log = read_log(run_dir)
+    losses = {r["step"]: r["loss"] for r in log if "loss" in r}
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    evals = [r["eval_perplexity"] for r in log if "eval_perplexity" in r]
+    assert len(evals) == 3 and evals[-1] < evals[0]  # before training, step 3, step 6
+    metadata = json.loads((run_dir / "run_metadata.json").read_text())
+    assert len(metadata["data_hash"]) == 16  # the files' identity, not the corpus read
+
+    # Killed after checkpoint-3: the resumed run skips the blocks it had consumed.
+    shutil.rmtree(run_dir / "checkpoint-6")
+    resumed = run_training(_resuming(cfg))
+    again = {r["step"]: r["loss"] for r in read_log(resumed) if "loss" in r}
+    for step in (4, 5, 6):
+        assert again[step] == pytest.approx(losses[step], abs=1e-6), (step, again, losses)
+
+
+def _resuming(cfg):
+    import dataclasses
+
+    return dataclasses.replace(
+        cfg, training=dataclasses.replace(cfg.training, resume_from_checkpoint="auto")
+    )

@@ -83,11 +83,17 @@ def _did_you_mean(key: str) -> str:
 
 def _key_lines(text: str) -> dict[str, int]:
     """Line numbers (1-based) of top-level keys and of ``section.key`` keys."""
-    lines: dict[str, int] = {}
     try:
         root = yaml.compose(text)
     except yaml.YAMLError:
-        return lines
+        return {}
+    return key_lines(root)
+
+
+def key_lines(root: yaml.Node | None) -> dict[str, int]:
+    """Line numbers (1-based) of a YAML mapping node's keys and ``section.key`` keys (for a
+    config nested in another file, e.g. a pipeline's stage)."""
+    lines: dict[str, int] = {}
     if not isinstance(root, yaml.MappingNode):
         return lines
     for key_node, value_node in root.value:
@@ -271,6 +277,24 @@ def load_run_config(
         entries.append((key, value, f"override '{item}'"))
     entries.extend((key, value, f"argument '{key}'") for key, value in values.items())
     return build_run_config(entries, source)
+
+
+def run_config_from_mapping(
+    data: Mapping[str, Any],
+    where: str,
+    lines: Mapping[str, int] | None = None,
+    *,
+    base: str | Path | None = None,
+) -> RunConfig:
+    """A config written as a mapping inside another file (``where``: its path; ``lines``: its
+    keys' line numbers there), on top of an optional ``base`` config file; relative data
+    paths resolve next to ``base``, else next to ``where``."""
+    entries: list[tuple[str, Any, str]] = []
+    if base is not None:
+        base_data, base_lines = _read_yaml(Path(base))
+        entries.extend(_flatten(base_data, base_lines, str(base)))
+    entries.extend(_flatten(data, lines or {}, where))
+    return build_run_config(entries, str(base) if base is not None else where)
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -211,6 +211,10 @@ class PretrainConfig:
     train_embeddings: bool = False
     """With LoRA, also train the input embeddings and lm_head in full (peft
     ``modules_to_save``): for text in a new language or with new tokens."""
+    streaming: bool = False
+    """Read the corpus from disk as training consumes it, for corpora larger than memory
+    (JSON Lines line by line, text files paragraph by paragraph). Needs ``max_steps`` (a
+    stream has no length); ``val_set_size`` is then a count: the first N documents."""
 
 
 SECTIONS: dict[str, type] = {

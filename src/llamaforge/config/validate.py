@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llamaforge.config.finetuning import FINETUNING
-from llamaforge.config.sections import GenerationConfig, RunConfig, SFTConfig
+from llamaforge.config.sections import GenerationConfig, PretrainConfig, RunConfig, SFTConfig
 from llamaforge.config.stages import STAGES
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -153,5 +153,24 @@ def validate_run_config(cfg: RunConfig) -> list[str]:
         and cfg.options.neftune_noise_alpha <= 0
     ):
         errors.append("key 'neftune_noise_alpha': must be > 0")
+    if isinstance(cfg.options, PretrainConfig) and cfg.options.streaming:
+        errors.extend(_streaming_errors(cfg))
     errors.extend(validate_generation(cfg.generation))
+    return errors
+
+
+def _streaming_errors(cfg: RunConfig) -> list[str]:
+    errors = []
+    if cfg.training.max_steps <= 0:
+        errors.append(
+            "key 'streaming': a streamed corpus has no length, so the run cannot count epochs; "
+            "set max_steps (optimizer steps to train)"
+        )
+    if 0 < cfg.data.val_set_size < 1:
+        errors.append(
+            f"key 'val_set_size': {cfg.data.val_set_size} is a fraction, but a stream's size is "
+            "unknown; with streaming give a count of documents (the first N are held out)"
+        )
+    if cfg.data.group_by_length:
+        errors.append("key 'group_by_length': cannot sort a stream by length; remove it")
     return errors

@@ -3,19 +3,24 @@
 Documents (``text`` records, ``.txt`` files, LLaMA-Factory pretraining entries) are joined
 with EOS and cut into ``cutoff_len`` blocks (data/pretraining.py); every token is trained.
 The validation split holds out whole documents, and its perplexity is logged
-(``eval_perplexity`` in trainer_log.jsonl). With LoRA, ``train_embeddings`` also trains the
+(``eval_perplexity`` in trainer_log.jsonl). With ``streaming`` the corpus is read from disk
+as training consumes it (data/streaming.py) and the first ``val_set_size`` documents are
+the validation split. With LoRA, ``train_embeddings`` also trains the
 embeddings and lm_head in full, as new text (a new language, new tokens) usually needs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from transformers import DataCollatorForSeq2Seq
 
 from llamaforge.config.sections import PretrainConfig, RunConfig
 from llamaforge.data.pretraining import pretraining_blocks
-from llamaforge.data.registry import load_dataset_records, split_validation
+from llamaforge.data.registry import load_dataset_records, resolve_dataset, split_validation
+from llamaforge.data.streaming import StreamedBlocks, head_documents
+from llamaforge.errors import ConfigError
 from llamaforge.models import load_model
 from llamaforge.training.harness import plan_run, run_stage, trainable_model, training_arguments
 from llamaforge.training.packing import packing_collator
@@ -29,12 +34,8 @@ def run_pt(cfg: RunConfig) -> Path:
     options = cfg.stage_options(PretrainConfig)
     plan = plan_run(cfg, packing=cfg.data.packing)
 
-    base_dir = Path(cfg.source).parent if cfg.source else None
-    documents = load_dataset_records(cfg.data, base_dir=base_dir, seed=cfg.training.seed)
-    train_docs, val_docs = split_validation(documents, cfg.data.val_set_size, cfg.training.seed)
     model, tokenizer = load_model(plan.model_config(cfg), for_training=True)
-    train_set = pretraining_blocks(train_docs, tokenizer, cfg.data.cutoff_len)
-    val_set = pretraining_blocks(val_docs, tokenizer, cfg.data.cutoff_len) if val_docs else None
+    train_set, val_set = (_streamed if options.streaming else _in_memory)(cfg, tokenizer)
 
     model = trainable_model(
         model, cfg, plan, modules_to_save=EMBEDDING_MODULES if options.train_embeddings else ()
@@ -54,3 +55,34 @@ def run_pt(cfg: RunConfig) -> Path:
     )
     run_stage(trainer, cfg, plan, log_perplexity=True)
     return plan.run_dir
+
+
+def _base_dir(cfg: RunConfig) -> Path | None:
+    return Path(cfg.source).parent if cfg.source else None
+
+
+def _in_memory(cfg: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
+    documents = load_dataset_records(cfg.data, base_dir=_base_dir(cfg), seed=cfg.training.seed)
+    train_docs, val_docs = split_validation(documents, cfg.data.val_set_size, cfg.training.seed)
+    train_set = pretraining_blocks(train_docs, tokenizer, cfg.data.cutoff_len)
+    val_set = pretraining_blocks(val_docs, tokenizer, cfg.data.cutoff_len) if val_docs else None
+    return train_set, val_set
+
+
+def _streamed(cfg: RunConfig, tokenizer: Any) -> tuple[StreamedBlocks, Any]:
+    if not cfg.data.dataset:
+        raise ConfigError("key 'dataset' is empty; name a data file or a registry entry")
+    specs = [resolve_dataset(entry, cfg.data, _base_dir(cfg)) for entry in cfg.data.dataset]
+    held = int(cfg.data.val_set_size)
+    if held != cfg.data.val_set_size:
+        raise ConfigError(f"key 'val_set_size': {cfg.data.val_set_size} is not a whole number")
+    val_docs = head_documents(specs, held, cfg.data.max_samples) if held else []
+    train_set = StreamedBlocks(
+        specs,
+        tokenizer,
+        cfg.data.cutoff_len,
+        skip_documents=held,
+        max_samples=cfg.data.max_samples,
+    )
+    val_set = pretraining_blocks(val_docs, tokenizer, cfg.data.cutoff_len) if val_docs else None
+    return train_set, val_set

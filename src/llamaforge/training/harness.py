@@ -256,6 +256,10 @@ def training_arguments(
         "include_num_input_tokens_seen": "all" if plan.packing else "non_padding",
         "disable_tqdm": True,  # our RunLogCallback draws the one progress bar
         "dataloader_num_workers": 0,
+        # For a stream (IterableDataset) accelerate would otherwise fetch batches on one
+        # process and slice every tensor along dim 0 for each: a packed batch's single row
+        # and its cu_seq_lens boundaries do not survive that slicing.
+        "accelerator_config": {"dispatch_batches": False},
         "train_sampling_strategy": "group_by_length" if cfg.data.group_by_length else "random",
         "length_column_name": "length",
     }
@@ -280,7 +284,10 @@ def run_stage(trainer: Any, cfg: RunConfig, plan: RunPlan, *, log_perplexity: bo
     checkpoint on Ctrl-C/SIGTERM, print the pre-flight estimate, use the CPU fast paths,
     then save the model and write summary.json."""
     run_dir = plan.run_dir
-    data_hash = rundir.hash_examples(trainer.train_dataset)
+    dataset = trainer.train_dataset
+    # A stream (data/streaming.py) is hashed by its files, not by reading the whole corpus.
+    content_hash = getattr(dataset, "content_hash", None)
+    data_hash = content_hash() if content_hash else rundir.hash_examples(dataset)
     fingerprint = rundir.run_fingerprint(cfg, data_hash)
     checkpoint = rundir.resolve_resume(run_dir, plan.resume, fingerprint)
     check_world_size(trainer.args.world_size)

@@ -7,10 +7,12 @@ state restored, so the run that follows is exactly the one without the estimate.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import time
+from typing import Any
 
 import torch
 from transformers import Trainer
@@ -39,8 +41,8 @@ def available_memory_bytes() -> int:
 def _calibrate(trainer: Trainer, precision: str, batches: int = 2) -> float:
     """Seconds per micro-batch (forward + backward) measured on the first examples."""
     model, args = trainer.model, trainer.args
-    dataset = trainer.train_dataset
-    size = min(args.per_device_train_batch_size, len(dataset))
+    examples = _first_examples(trainer.train_dataset, batches * args.per_device_train_batch_size)
+    size = min(args.per_device_train_batch_size, len(examples))
     device = next(model.parameters()).device
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -49,7 +51,7 @@ def _calibrate(trainer: Trainer, precision: str, batches: int = 2) -> float:
     seconds = 0.0
     try:
         for i in range(batches):
-            features = [dataset[(i * size + j) % len(dataset)] for j in range(size)]
+            features = [examples[(i * size + j) % len(examples)] for j in range(size)]
             batch = {
                 k: v.to(device) if torch.is_tensor(v) else v  # max_length_q etc. are ints
                 for k, v in trainer.data_collator(features).items()
@@ -71,6 +73,29 @@ def _calibrate(trainer: Trainer, precision: str, batches: int = 2) -> float:
     return seconds
 
 
+def _first_examples(dataset: Any, count: int) -> list[Any]:
+    if isinstance(dataset, torch.utils.data.IterableDataset):  # a stream: read its head
+        return list(itertools.islice(dataset, count))
+    return [dataset[i] for i in range(min(count, len(dataset)))]
+
+
+def _data_line(trainer: Trainer) -> tuple[str, int, str]:
+    """The pre-flight's data line, the micro-batches of one epoch (of max_steps for a
+    stream, which has no epochs) and what they span."""
+    args, dataset = trainer.args, trainer.train_dataset
+    num_val = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        micro_batches = args.max_steps * args.gradient_accumulation_steps
+        line = f"  data: streamed from disk / {num_val} validation examples"
+        return line, micro_batches, f"the {args.max_steps} steps"
+    tokens = sum(len(ids) for ids in dataset["input_ids"])
+    micro_batches = math.ceil(len(dataset) / (args.per_device_train_batch_size * args.world_size))
+    line = (
+        f"  data: {len(dataset)} train / {num_val} validation examples, {tokens} tokens per epoch"
+    )
+    return line, micro_batches, "epoch"
+
+
 def print_preflight(
     trainer: Trainer,
     *,
@@ -80,28 +105,25 @@ def print_preflight(
     packing: bool,
 ) -> None:
     args = trainer.args
-    num_train = len(trainer.train_dataset)
-    num_val = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
-    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
-    micro_batches = math.ceil(num_train / (args.per_device_train_batch_size * args.world_size))
-    steps_per_epoch = max(1, micro_batches // args.gradient_accumulation_steps)
+    data_line, micro_batches, span = _data_line(trainer)
+    steps = max(1, micro_batches // args.gradient_accumulation_steps)
     seconds_per_micro = _calibrate(trainer, precision)
     # Adam keeps two fp32 moments and a gradient per trainable parameter.
     optimizer_bytes = trainable * 12
     peak = peak_memory_bytes() + optimizer_bytes
     available = available_memory_bytes()
-    epoch_s = seconds_per_micro * micro_batches
+    span_s = seconds_per_micro * micro_batches
     verdict = (
         "fits" if peak < 0.9 * available else "DOES NOT FIT — lower micro_batch_size or cutoff_len"
     )
     lines = [
         "pre-flight:",
         f"  parameters {total / 1e6:.1f} M, trainable {trainable / 1e6:.2f} M ({100 * trainable / max(total, 1):.2f} %)",
-        f"  data: {num_train} train / {num_val} validation examples, {tokens} tokens per epoch",
+        data_line,
         f"  batch: {args.per_device_train_batch_size} per micro-batch × {args.gradient_accumulation_steps} "
-        f"accumulation × {args.world_size} process(es); {steps_per_epoch} optimizer steps per epoch",
+        f"accumulation × {args.world_size} process(es); {steps} optimizer steps per {span}",
         f"  precision {precision}, packing {'on' if packing else 'off'}",
         f"  memory: peak ≈ {peak / _GIB:.2f} GiB of {available / _GIB:.1f} GiB available — {verdict}",
-        f"  time: {seconds_per_micro:.2f} s per micro-batch → ≈ {epoch_s / 60:.1f} min per epoch",
+        f"  time: {seconds_per_micro:.2f} s per micro-batch → ≈ {span_s / 60:.1f} min per {span}",
     ]
     logger.info("\n".join(lines))
