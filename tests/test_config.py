@@ -212,3 +212,8 @@ def test_a_saved_run_config_loads_back_unchanged(tmp_path: Path, stage: str) -> 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     assert config_to_dict(load_run_config(path)) == config_to_dict(cfg)
+
+
+def test_rope_parameters_is_transformers_name_for_rope_scaling():
+    cfg = load_run_config(None, (), rope_parameters={"rope_type": "linear", "factor": 2.0})
+    assert cfg.model.rope_scaling == {"rope_type": "linear", "factor": 2.0}

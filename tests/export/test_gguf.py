@@ -317,3 +317,36 @@ def test_gguf_base_converts_to_safetensors(exported, tiny_dir, tmp_path, monkeyp
     assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
     diff, _ = _compare(_logits(_source_model(tiny_dir)), _logits(_source_model(tmp_path / "hf")))
     assert diff < 1e-5
+
+
+@pytest.mark.slow  # a GGUF export of a 49152-token vocabulary
+def test_a_run_trained_with_rope_scaling_keeps_it_in_inference_merge_and_gguf(
+    tiny_dir, make_adapter, tmp_path
+):
+    import json
+
+    import gguf
+
+    from llamaforge.config.sections import ModelConfig
+    from llamaforge.export.merge import merge_adapter
+    from llamaforge.models import load_model
+
+    run = make_adapter(tiny_dir, name="run")
+    scaling = "model:\n  model: {}\n  rope_scaling: {{rope_type: linear, factor: 4.0}}\n"
+    (run / "config.yaml").write_text(scaling.format(tiny_dir))
+    plain, _ = load_model(ModelConfig(model=str(tiny_dir)))
+    model, _ = load_model(ModelConfig(model=str(run)))  # generate / serve / chat load this way
+    assert model.config.rope_parameters["rope_type"] == "linear"
+    rotary = model.base_model.model.model.rotary_emb
+    assert torch.allclose(rotary.inv_freq, plain.model.rotary_emb.inv_freq / 4)
+
+    merged = tmp_path / "merged"
+    merge_adapter(None, run, merged)  # verified: base + adapter and merged agree, both scaled
+    saved = json.loads((merged / "config.json").read_text())["rope_parameters"]
+    assert saved["rope_type"] == "linear" and saved["factor"] == 4.0
+
+    out = tmp_path / "run.gguf"
+    export_gguf(run, out, type="f32")
+    fields = gguf.GGUFReader(str(out)).fields
+    assert fields["llama.rope.scaling.type"].contents() == "linear"
+    assert fields["llama.rope.scaling.factor"].contents() == 4.0

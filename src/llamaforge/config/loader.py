@@ -37,6 +37,7 @@ ALIASES: dict[str, str] = {
     "per_device_train_batch_size": "micro_batch_size",
     "lr_scheduler": "lr_scheduler_type",
     "bf16": "precision",
+    "rope_parameters": "rope_scaling",  # transformers 5's name for it
 }
 # alpaca-lora keys with no effect here; accepted (with a note) so its configs run unchanged.
 IGNORED_KEYS = {"wandb_project", "wandb_run_name", "wandb_watch", "wandb_log_model"}

@@ -27,8 +27,10 @@ class ModelConfig:
     attn_implementation: str | None = None
     """Attention kernel passed to transformers: sdpa | eager | flash_attention_2."""
     rope_scaling: dict[str, Any] | None = None
-    """RoPE scaling passed through, e.g. ``{rope_type: linear, factor: 2.0}``
-    (linear, dynamic, yarn, llama3)."""
+    """RoPE scaling, e.g. ``{rope_type: linear, factor: 2.0}`` (linear, dynamic, yarn,
+    llama3), merged into transformers 5's ``config.rope_parameters`` (that name is accepted
+    as a key too). A run trained with it keeps it: generate, serve, merge and GGUF export of
+    the run directory apply it unless a value is given."""
     trust_remote_code: bool = False
     """Run code shipped with a model directory. Off unless you trust the model."""
     quantization_bit: int | None = None

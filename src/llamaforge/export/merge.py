@@ -45,6 +45,7 @@ from llamaforge.export.sources import (
     load_base,
     load_tokenizer_dir,
     read_adapter,
+    run_rope_scaling,
     touched_modules,
 )
 
@@ -201,9 +202,11 @@ class LogitCheck:
     tolerance: float
 
 
-def _load_base(base: Any, tokenizer: Any) -> tuple[Any, Any, str]:
+def _load_base(base: Any, tokenizer: Any, adapter_dir: Path) -> tuple[Any, Any, str]:
     if base is None or isinstance(base, str | os.PathLike):
-        model, base_tokenizer = load_base(str(base))
+        # RoPE scaling shapes the rotary embedding when the model is built: the base must be
+        # loaded with the run's, or base + adapter and the merged model would disagree.
+        model, base_tokenizer = load_base(str(base), rope_scaling=run_rope_scaling(adapter_dir))
         return model, tokenizer or base_tokenizer, str(base)
     if tokenizer is None:
         raise ExportError("a base model object was given without a tokenizer; pass tokenizer=")
@@ -258,7 +261,7 @@ def merge_in_memory(base: Any, adapter_dir: str | Path, *, tokenizer: Any = None
                 "adapter_config.json); pass --model"
             )
         base = adapter.base_spec
-    model, base_tokenizer, base_name = _load_base(base, tokenizer)
+    model, base_tokenizer, base_name = _load_base(base, tokenizer, adapter.directory)
     if tokenizer is None and adapter.has_tokenizer:
         # The run's tokenizer is the one training used (added tokens, chat template).
         base_tokenizer = load_tokenizer_dir(adapter.directory)

@@ -94,6 +94,15 @@ def _base_spec_from_run(directory: Path, adapter_config: dict[str, Any]) -> str 
     return base if isinstance(base, str) and base else None
 
 
+def run_rope_scaling(adapter_dir: Path) -> dict[str, Any] | None:
+    """The ``rope_scaling`` a run directory was trained with (None: none, or not a run)."""
+    try:
+        value = run_config_value(read_run_config(adapter_dir), "model", "rope_scaling")
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+    return dict(value) if isinstance(value, dict) else None
+
+
 def read_adapter(adapter_dir: str | Path) -> AdapterFiles:
     """Check an adapter directory: config present and valid, weights readable, not empty."""
     directory = Path(adapter_dir)
@@ -180,8 +189,9 @@ def touched_modules(adapter: AdapterFiles) -> set[str]:
     return paths
 
 
-def load_base(spec: str) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` for a base spec in float32, eval mode, on CPU.
+def load_base(spec: str, *, rope_scaling: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for a base spec in float32, eval mode, on CPU (with the
+    RoPE scaling an adapter was trained with, if any).
 
     The spec is resolved by ``llamaforge.models`` (the one model resolution: alias, HF or
     run directory, ``.gguf`` file, cached hub id); its local files are checked here first
@@ -207,7 +217,9 @@ def load_base(spec: str) -> tuple[Any, Any]:
         for shard in sorted(resolved.path.glob("*.safetensors")):
             check_safetensors(shard)
     try:
-        model, tokenizer = load_model(ModelConfig(model=spec, dtype="float32"))
+        model, tokenizer = load_model(
+            ModelConfig(model=spec, dtype="float32", rope_scaling=rope_scaling)
+        )
     except (ModelError, OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         raise ExportError(f"cannot load base model '{spec}': {e}") from None
     return model.float().eval(), tokenizer

@@ -324,8 +324,12 @@ def load_model(
         )
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"cannot read the model config in {directory}: {e}") from None
-    if cfg.rope_scaling:
-        apply_rope_scaling(config, cfg.rope_scaling)
+    # A run directory's RoPE scaling is part of the model it trained (unless overridden).
+    rope_scaling = cfg.rope_scaling
+    if rope_scaling is None and adapter is not None:
+        rope_scaling = run_config_value(read_run_config(adapter), "model", "rope_scaling")
+    if rope_scaling:
+        apply_rope_scaling(config, rope_scaling)
     kwargs: dict[str, Any] = {
         "config": config,
         "dtype": dtype,
