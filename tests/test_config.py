@@ -184,7 +184,7 @@ def test_a_stage_option_given_to_another_stage_names_its_stage(tmp_path: Path) -
     )
     cfg = load_run_config(None, ["stage=pt", "pt.train_embeddings=true"])
     assert cfg.options.train_embeddings is True
-    assert config_to_dict(cfg)["pt"] == {"train_embeddings": True}
+    assert config_to_dict(cfg)["pt"] == {"train_embeddings": True, "streaming": False}
     assert "sft" not in config_to_dict(cfg)
     with pytest.raises(ConfigError, match="'stage': 'dpo2' is not one of: sft, pt"):
         load_run_config(None, ["stage=dpo2"])
