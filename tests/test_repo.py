@@ -19,7 +19,8 @@ LAYERS = [
     {"models"},
     {"training", "inference"},
     {"serving", "evaluation", "export"},
-    {"methods", "webui", "pipeline"},
+    {"methods", "webui"},
+    {"pipeline"},  # runs stages (methods)
     {"cli"},
     {"__main__"},
 ]
