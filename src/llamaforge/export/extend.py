@@ -42,7 +42,13 @@ from llamaforge.export.merge import (
     staged_dir,
 )
 from llamaforge.export.sources import load_base, load_tokenizer_dir
-from llamaforge.models.vocabulary import learn_vocabulary, resize_embeddings, tokens_per_char
+from llamaforge.models import load_tokenizer
+from llamaforge.models.vocabulary import (
+    check_byte_level_bpe,
+    learn_vocabulary,
+    resize_embeddings,
+    tokens_per_char,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +206,8 @@ def extend_model(
     if heldout:
         sets["held-out"] = read_corpus(heldout)
 
+    # The tokenizer alone first: an unsupported one is refused before the weights load.
+    check_byte_level_bpe(load_tokenizer(model_spec).backend_tokenizer, model_spec)
     model, tokenizer = load_base(model_spec)
     old = tokenizer.backend_tokenizer
     prompts = fixed_prompts(
