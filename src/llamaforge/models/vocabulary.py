@@ -178,13 +178,13 @@ def _append_merges(
             break
         left, right = text(left_word), text(right_word)
         result = left + right
-        if (left, right) in seen:
-            continue  # two symbol pairs that spell the same strings: the first one's rank holds
         if result in vocab and vocab[result] < first_id:
             # Merging into an old token would re-segment text that has no new token (and let
             # old merges fire after new ones): leave it out.
             dropped += 1
             continue
+        if (left, right) in seen:
+            continue  # two symbol pairs that spell the same strings: the first one's rank holds
         if result not in vocab:
             vocab[result] = first_id + len(tokens)
             tokens.append(result)
