@@ -180,6 +180,22 @@ def cmd_export_quantize(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_tokenizer_extend(args: argparse.Namespace) -> int:
+    from llamaforge.export.extend import extend_model
+
+    report = extend_model(
+        args.model,
+        args.corpus,
+        args.add,
+        args.output,
+        heldout=args.heldout or (),
+        min_frequency=args.min_frequency,
+        overwrite=args.overwrite,
+    )
+    sys.stdout.write(report.summary() + "\n")
+    return 0
+
+
 def cmd_config_keys(args: argparse.Namespace) -> int:
     from llamaforge.config.docs import describe_keys
 
@@ -291,6 +307,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(command_key="export quantize")
 
+    tokenizer = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(
+        dest="tokenizer_command", required=True
+    )
+    p = tokenizer.add_parser(
+        "extend",
+        help="learn N new tokens from a corpus (byte-level BPE merges), grow the embeddings",
+    )
+    p.add_argument("--model", required=True, help="smollm2-135m, HF dir or .gguf")
+    p.add_argument(
+        "--corpus", nargs="+", required=True, help="text/JSONL/Alpaca/... files or folders"
+    )
+    p.add_argument("--add", type=int, required=True, help="number of new tokens")
+    p.add_argument("--output", required=True, help="directory for the extended model")
+    p.add_argument("--heldout", nargs="+", help="files to report tokens per character on")
+    p.add_argument("--min-frequency", type=int, default=2, help="fewest occurrences of a merge")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(command_key="tokenizer extend")
+
     cfg = sub.add_parser("config", help="config tools").add_subparsers(
         dest="config_command", required=True
     )
@@ -311,6 +345,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export gguf": cmd_export_gguf,
     "export quantize": cmd_export_quantize,
     "config keys": cmd_config_keys,
+    "tokenizer extend": cmd_tokenizer_extend,
 }
 
 
