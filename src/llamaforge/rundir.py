@@ -65,10 +65,26 @@ RESUMABLE_CHANGES = {
 }
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_ordinary(path: Path) -> None:
+    """Give ``path`` (and, for a directory, everything in it) the permissions a plain
+    ``open``/``mkdir`` would: mkstemp/mkdtemp (and safetensors) create private ones."""
+    mask = _umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write text so that readers see the old file or the new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -345,3 +345,19 @@ def test_convert_model_writes_base_unchanged(tiny_model_dir, tmp_path):
     assert all(
         torch.equal(a, b) for a, b in zip(_reloaded(tiny_model_dir), _reloaded(out), strict=True)
     )
+
+
+def test_written_files_have_ordinary_permissions(tiny_model_dir, make_adapter, tmp_path):
+    import os
+    import stat
+
+    from llamaforge.export.merge import merge_adapter
+
+    adapter = make_adapter(tiny_model_dir)
+    out = tmp_path / "merged"
+    merge_adapter(str(tiny_model_dir), adapter, out)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask  # not mkdtemp's 0o700
+    for item in out.iterdir():
+        assert stat.S_IMODE(item.stat().st_mode) == 0o666 & ~mask, item.name

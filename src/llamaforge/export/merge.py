@@ -48,6 +48,7 @@ from llamaforge.export.sources import (
     run_rope_scaling,
     touched_modules,
 )
+from llamaforge.rundir import make_ordinary
 
 logger = logging.getLogger(__name__)
 
@@ -316,6 +317,7 @@ def staged_dir(output: Path, *, overwrite: bool = False) -> Iterator[Path]:
     )
     try:
         yield staging
+        make_ordinary(staging)
         if output.exists():
             old = staging.with_suffix(".old")
             os.replace(output, old)
