@@ -124,6 +124,45 @@ def test_pt_trains_a_step_on_the_extended_model(tiny_model_dir, tmp_path):
     assert adapter["base_model.model.lm_head.weight"].shape == (49252, 32)
 
 
+def test_pt_trains_only_the_new_token_rows_and_merges(tiny_model_dir, tmp_path):
+    from llamaforge.errors import ConfigError
+    from llamaforge.export.merge import merge_adapter
+    from llamaforge.methods import run_training
+
+    out = tmp_path / "extended"
+    report = extend_model(str(tiny_model_dir), [CORPUS], 100, out, show_progress=False)
+    data = tmp_path / "pt.txt"
+    data.write_text(CORPUS.read_text(encoding="utf-8"), encoding="utf-8")
+    values = {
+        "stage": "pt",
+        "train_new_tokens": True,
+        "dataset": [str(data)],
+        "precision": "fp32",
+        "cutoff_len": 32,
+        "batch_size": 2,
+        "micro_batch_size": 2,
+        "max_steps": 3,
+        "learning_rate": 5e-2,
+    }
+    with pytest.raises(ConfigError, match=r"has no vocabulary_extension\.json"):
+        run_training(load_run_config(None, (), **values, model=str(tiny_model_dir)))
+    run_dir = run_training(
+        load_run_config(None, (), **values, model=str(out), output_dir=str(tmp_path / "run"))
+    )
+    adapter = load_file(run_dir / "adapter_model.safetensors")
+    rows = [k for k in adapter if "trainable_tokens" in k]
+    assert rows and all(adapter[k].shape == (100, 32) for k in rows), rows  # the 100 new rows
+    assert not any(k.endswith("embed_tokens.weight") for k in adapter)  # no full copy
+
+    merged = tmp_path / "merged"
+    merge_adapter(None, run_dir, merged)  # verified against base + adapter
+    before = load_file(out / "model.safetensors")["model.embed_tokens.weight"]
+    after = load_file(merged / "model.safetensors")["model.embed_tokens.weight"]
+    first = report.first_id
+    assert torch.equal(after[:first], before[:first])  # old tokens keep their embeddings
+    assert not torch.allclose(after[first:], before[first:])  # new ones learned
+
+
 def test_bad_input_fails_before_the_model_loads(tmp_path, capsys):
     # The model path does not exist either: the corpus and --add are checked first.
     with pytest.raises(DataError, match=r"missing\.txt: file not found"):

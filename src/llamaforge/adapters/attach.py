@@ -50,8 +50,11 @@ def to_peft_config(
     *,
     head: str = "causal_lm",
     modules_to_save: tuple[str, ...] = (),
+    trainable_tokens: tuple[int, ...] = (),
 ) -> Any:
-    """The peft config for a finetuning kind that adds an adapter (``FINETUNING[...].adapter``)."""
+    """The peft config for a finetuning kind that adds an adapter (``FINETUNING[...].adapter``).
+    ``trainable_tokens``: token ids whose embedding rows LoRA also trains (peft's trainable
+    tokens; a tied lm_head follows them)."""
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
 
     task, head_modules = _PEFT_TASKS[head]
@@ -75,11 +78,13 @@ def to_peft_config(
             use_dora=cfg.use_dora,
             bias="none",
             modules_to_save=saved,
+            trainable_token_indices=list(trainable_tokens) or None,
         )
-    if modules_to_save:
+    if modules_to_save or trainable_tokens:
+        trained = ", ".join(modules_to_save) or "embedding rows"
         raise ConfigError(
-            f"finetuning={cfg.finetuning} cannot also train {', '.join(modules_to_save)}; "
-            "use finetuning=lora (or full)"
+            f"finetuning={cfg.finetuning} cannot also train {trained}; use finetuning=lora "
+            "(or full)"
         )
     builders = {"prefix": PrefixTuningConfig, "prompt": PromptTuningConfig}
     if adapter not in builders:
@@ -148,11 +153,13 @@ def attach_adapter(
     gradient_checkpointing: bool = False,
     head: str = "causal_lm",
     modules_to_save: tuple[str, ...] = (),
+    trainable_tokens: tuple[int, ...] = (),
 ) -> nn.Module:
     """Make `model` trainable according to `cfg`; returns the model to train.
 
     ``head`` is the head the model was loaded with (``causal_lm`` or ``score``);
-    ``modules_to_save`` names base modules an adapter trains in full (e.g. embeddings).
+    ``modules_to_save`` names base modules an adapter trains in full (e.g. embeddings);
+    ``trainable_tokens`` token ids whose embedding rows it trains.
     """
     kind = FINETUNING[cfg.finetuning]
     if kind.adapter is None:
@@ -176,7 +183,9 @@ def attach_adapter(
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing
         )
-    peft_config = to_peft_config(model, cfg, head=head, modules_to_save=modules_to_save)
+    peft_config = to_peft_config(
+        model, cfg, head=head, modules_to_save=modules_to_save, trainable_tokens=trainable_tokens
+    )
     model = get_peft_model(model, peft_config)
     use_fast_lora_dropout(model)
     return model

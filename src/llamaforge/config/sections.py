@@ -213,6 +213,11 @@ class PretrainConfig:
     train_embeddings: bool = False
     """With LoRA, also train the input embeddings and lm_head in full (peft
     ``modules_to_save``): for text in a new language or with new tokens."""
+    train_new_tokens: bool = False
+    """With LoRA, also train the embedding rows of the tokens ``llamaforge tokenizer extend``
+    added to the model (and, tied or not, their lm_head rows), and only those (peft's
+    trainable tokens): new tokens learn their meaning at a fraction of train_embeddings'
+    cost. The model must be a directory that command wrote (or a run on one)."""
     streaming: bool = False
     """Read the corpus from disk as training consumes it, for corpora larger than memory
     (JSON Lines line by line, text files paragraph by paragraph). Needs ``max_steps`` (a

@@ -155,6 +155,17 @@ def validate_run_config(cfg: RunConfig) -> list[str]:
         errors.append("key 'neftune_noise_alpha': must be > 0")
     if isinstance(cfg.options, PretrainConfig) and cfg.options.streaming:
         errors.extend(_streaming_errors(cfg))
+    if isinstance(cfg.options, PretrainConfig) and cfg.options.train_new_tokens:
+        if cfg.options.train_embeddings:
+            errors.append(
+                "key 'train_new_tokens': train_embeddings already trains every row; set one"
+            )
+        kind = FINETUNING.get(ft.finetuning)
+        if kind is not None and kind.adapter != "lora":
+            errors.append(
+                f"key 'train_new_tokens': needs finetuning lora or qlora (finetuning "
+                f"{ft.finetuning} {'trains every row already' if ft.finetuning == 'full' else 'has no LoRA'})"
+            )
     errors.extend(validate_generation(cfg.generation))
     return errors
 

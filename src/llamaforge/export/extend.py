@@ -44,10 +44,12 @@ from llamaforge.export.merge import (
 from llamaforge.export.sources import load_base, load_tokenizer_dir
 from llamaforge.models import load_tokenizer
 from llamaforge.models.vocabulary import (
+    VocabularyRecord,
     check_byte_level_bpe,
     learn_vocabulary,
     resize_embeddings,
     tokens_per_char,
+    write_extension_record,
 )
 
 logger = logging.getLogger(__name__)
@@ -233,6 +235,10 @@ def extend_model(
     with staged_dir(output, overwrite=overwrite) as staging:
         logger.info("writing %s", output)
         save_hf_model(model, new_tokenizer, staging)
+        write_extension_record(
+            staging,
+            VocabularyRecord(model_spec, extension.first_id, len(extension.tokens)),
+        )
         from transformers import AutoModelForCausalLM
 
         saved = load_tokenizer_dir(staging)

@@ -163,6 +163,8 @@ def adapter_vocab_size(adapter: AdapterFiles) -> int | None:
     """Vocabulary size the adapter's embedding/lm_head tensors were trained with, if any."""
     sizes = []
     for name, shape in adapter.shapes.items():
+        if "trainable_tokens" in name:
+            continue  # peft's trainable tokens: rows of chosen ids [n, H], no vocab axis
         if "embed_tokens" in name:
             if name.endswith("lora_embedding_A"):
                 sizes.append(shape[1])  # [r, V]
@@ -179,7 +181,13 @@ def touched_modules(adapter: AdapterFiles) -> set[str]:
     paths = set()
     for name in adapter.shapes:
         path = name.removeprefix("base_model.model.")
-        for marker in (".lora_", ".base_layer", ".modules_to_save", ".original_module"):
+        for marker in (
+            ".lora_",
+            ".base_layer",
+            ".modules_to_save",
+            ".original_module",
+            ".token_adapter",  # peft trainable tokens
+        ):
             if marker in path:
                 path = path.split(marker, 1)[0]
                 break

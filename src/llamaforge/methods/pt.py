@@ -6,7 +6,8 @@ The validation split holds out whole documents, and its perplexity is logged
 (``eval_perplexity`` in trainer_log.jsonl). With ``streaming`` the corpus is read from disk
 as training consumes it (data/streaming.py) and the first ``val_set_size`` documents are
 the validation split. With LoRA, ``train_embeddings`` also trains the
-embeddings and lm_head in full, as new text (a new language, new tokens) usually needs.
+embeddings and lm_head in full, as new text (a new language, new tokens) usually needs;
+``train_new_tokens`` trains only the rows of the tokens a vocabulary extension added.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from llamaforge.data.pretraining import pretraining_blocks
 from llamaforge.data.registry import load_dataset_records, resolve_dataset, split_validation
 from llamaforge.data.streaming import StreamedBlocks, head_documents
 from llamaforge.errors import ConfigError
-from llamaforge.models import load_model
+from llamaforge.models import load_model, resolve_model
+from llamaforge.models.vocabulary import EXTENSION_RECORD, read_extension_record
 from llamaforge.training.harness import plan_run, run_stage, trainable_model, training_arguments
 from llamaforge.training.packing import packing_collator
 from llamaforge.training.trainer import TrainedPositionsTrainer
@@ -38,7 +40,11 @@ def run_pt(cfg: RunConfig) -> Path:
     train_set, val_set = (_streamed if options.streaming else _in_memory)(cfg, tokenizer)
 
     model = trainable_model(
-        model, cfg, plan, modules_to_save=EMBEDDING_MODULES if options.train_embeddings else ()
+        model,
+        cfg,
+        plan,
+        modules_to_save=EMBEDDING_MODULES if options.train_embeddings else (),
+        trainable_tokens=_added_token_ids(cfg) if options.train_new_tokens else (),
     )
     trainer = TrainedPositionsTrainer(
         model=model,
@@ -55,6 +61,18 @@ def run_pt(cfg: RunConfig) -> Path:
     )
     run_stage(trainer, cfg, plan, log_perplexity=True)
     return plan.run_dir
+
+
+def _added_token_ids(cfg: RunConfig) -> tuple[int, ...]:
+    """The ids ``tokenizer extend`` added to the model (its directory records them)."""
+    directory = resolve_model(cfg.model.model).path
+    record = read_extension_record(directory)
+    if record is None:
+        raise ConfigError(
+            f"key 'train_new_tokens': {directory} has no {EXTENSION_RECORD}, so it was not "
+            "made by `llamaforge tokenizer extend`; extend it first, or use train_embeddings"
+        )
+    return tuple(record.new_ids)
 
 
 def _base_dir(cfg: RunConfig) -> Path | None:

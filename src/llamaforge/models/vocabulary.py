@@ -21,12 +21,14 @@ as the average of what it stands for, and no old row changes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from tqdm.auto import tqdm
@@ -69,6 +71,45 @@ class VocabularyExtension:
     """New merges added (≥ ``len(tokens)``: two merges may build the same string)."""
     dropped: int
     """Learned merges left out because their result already was an old token."""
+
+
+EXTENSION_RECORD = "vocabulary_extension.json"
+"""Written into an extended model's directory: which token ids the extension added."""
+
+
+@dataclass(frozen=True)
+class VocabularyRecord:
+    """What ``tokenizer extend`` added to a model (``EXTENSION_RECORD`` in its directory)."""
+
+    base_model: str
+    first_new_id: int
+    added: int
+
+    @property
+    def new_ids(self) -> list[int]:
+        return list(range(self.first_new_id, self.first_new_id + self.added))
+
+
+def write_extension_record(directory: Path, record: VocabularyRecord) -> None:
+    (directory / EXTENSION_RECORD).write_text(
+        json.dumps(dataclasses.asdict(record), indent=1) + "\n", encoding="utf-8"
+    )
+
+
+def read_extension_record(directory: Path) -> VocabularyRecord | None:
+    """The extension record of a model directory (None: not made by ``tokenizer extend``)."""
+    path = directory / EXTENSION_RECORD
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return VocabularyRecord(
+            str(data["base_model"]), int(data["first_new_id"]), int(data["added"])
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ModelError(
+            f"{path}: unreadable ({e}); re-run `llamaforge tokenizer extend`"
+        ) from None
 
 
 def _kinds(node: dict[str, Any] | None, children: str) -> list[str]:
