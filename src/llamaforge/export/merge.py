@@ -201,9 +201,9 @@ class LogitCheck:
     tolerance: float
 
 
-def _load_base(base: Any, tokenizer: Any) -> tuple[Any, Any, str]:
+def _load_base(base: Any, tokenizer: Any, head: str) -> tuple[Any, Any, str]:
     if base is None or isinstance(base, str | os.PathLike):
-        model, base_tokenizer = load_base(str(base))
+        model, base_tokenizer = load_base(str(base), head=head)
         return model, tokenizer or base_tokenizer, str(base)
     if tokenizer is None:
         raise ExportError("a base model object was given without a tokenizer; pass tokenizer=")
@@ -258,10 +258,14 @@ def merge_in_memory(base: Any, adapter_dir: str | Path, *, tokenizer: Any = None
                 "adapter_config.json); pass --model"
             )
         base = adapter.base_spec
-    model, base_tokenizer, base_name = _load_base(base, tokenizer)
+    # A reward model's adapter (peft task SEQ_CLS) goes on the one-output score head.
+    head = "score" if adapter.config.get("task_type") == "SEQ_CLS" else "causal_lm"
+    model, base_tokenizer, base_name = _load_base(base, tokenizer, head)
     if tokenizer is None and adapter.has_tokenizer:
         # The run's tokenizer is the one training used (added tokens, chat template).
         base_tokenizer = load_tokenizer_dir(adapter.directory)
+    if head == "score":  # the score is read before the pad id: keep the run's (config.json)
+        model.config.pad_token_id = base_tokenizer.pad_token_id
 
     base_vocab = model.get_input_embeddings().num_embeddings
     vocab = adapter_vocab_size(adapter)
@@ -397,9 +401,14 @@ def check_logits(reference: Sequence[torch.Tensor], model: Any, prompts: list) -
 
 
 def _reload_and_compare(directory: Path, merged: MergedModel) -> LogitCheck:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
 
-    reloaded = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    seq_cls = type(merged.model).__name__.endswith("ForSequenceClassification")
+    auto = getattr(
+        transformers, f"AutoModelFor{'SequenceClassification' if seq_cls else 'CausalLM'}"
+    )
+    reloaded = auto.from_pretrained(str(directory), dtype=torch.float32).eval()
     check = check_logits(merged.reference, reloaded, merged.prompts)
     had_template = bool(getattr(merged.tokenizer, "chat_template", None))
     if had_template and not AutoTokenizer.from_pretrained(str(directory)).chat_template:

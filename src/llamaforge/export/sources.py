@@ -180,8 +180,11 @@ def touched_modules(adapter: AdapterFiles) -> set[str]:
     return paths
 
 
-def load_base(spec: str) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` for a base spec in float32, eval mode, on CPU.
+def load_base(spec: str, head: str = "causal_lm") -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for a base spec in float32, eval mode, on CPU, with the
+    ``head`` of ``llamaforge.models.HEADS``. A run directory as the base (a run that
+    started from another run, e.g. a reward model on an SFT run) is its own base with its
+    adapter merged in.
 
     The spec is resolved by ``llamaforge.models`` (the one model resolution: alias, HF or
     run directory, ``.gguf`` file, cached hub id); its local files are checked here first
@@ -196,20 +199,18 @@ def load_base(spec: str) -> tuple[Any, Any]:
         resolved = resolve_model(spec)
     except ModelError as e:
         raise ExportError(str(e)) from None
-    if resolved.adapter is not None:
-        raise ExportError(
-            f"{spec} is an adapter or run directory; pass it as the adapter and its base as "
-            "the model"
-        )
     if resolved.gguf_path is not None:
         check_gguf(resolved.gguf_path)
     else:
         for shard in sorted(resolved.path.glob("*.safetensors")):
             check_safetensors(shard)
     try:
-        model, tokenizer = load_model(ModelConfig(model=spec, dtype="float32"))
+        model, tokenizer = load_model(ModelConfig(model=spec, dtype="float32"), head=head)
     except (ModelError, OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         raise ExportError(f"cannot load base model '{spec}': {e}") from None
+    if resolved.adapter is not None:
+        logger.info("base %s is a run: merging its adapter into its own base first", spec)
+        model = model.merge_and_unload()
     return model.float().eval(), tokenizer
 
 

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import time
+from typing import Any
 
 import torch
 from transformers import Trainer
@@ -82,7 +83,10 @@ def print_preflight(
     args = trainer.args
     num_train = len(trainer.train_dataset)
     num_val = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
-    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    # Every token column: input_ids, or a preference stage's chosen_ids + rejected_ids.
+    train_set: Any = trainer.train_dataset
+    id_columns = [c for c in train_set.column_names if c == "input_ids" or c.endswith("_ids")]
+    tokens = sum(len(ids) for c in id_columns for ids in train_set[c])
     micro_batches = math.ceil(num_train / (args.per_device_train_batch_size * args.world_size))
     steps_per_epoch = max(1, micro_batches // args.gradient_accumulation_steps)
     seconds_per_micro = _calibrate(trainer, precision)
