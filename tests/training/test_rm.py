@@ -13,6 +13,7 @@ import pytest
 import torch
 from training_helpers import logged_losses, read_log, tiny_config
 
+from llamaforge.cli import main
 from llamaforge.config.sections import ModelConfig
 from llamaforge.data import Preference, get_template, read_records
 from llamaforge.data.formats import Message
@@ -94,7 +95,7 @@ def rm_config(model_dir, data, run_dir, **values):
 
 
 def test_rm_trains_saves_the_head_and_reloads_in_plain_peft(
-    tiny_model_dir, tmp_path, capture_attach
+    tiny_model_dir, tmp_path, capture_attach, capsys
 ):
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -132,6 +133,16 @@ def test_rm_trains_saves_the_head_and_reloads_in_plain_peft(
     assert score_pairs(trained, tokenizer, records, cfg).chosen == pytest.approx(
         expected.chosen, abs=1e-5
     )
+
+    # The command: one JSONL line per pair, and the summary on stdout.
+    held_out = tmp_path / "held_out.json"
+    held_out.write_text(json.dumps(json.loads(data.read_text())[-16:]))
+    out = tmp_path / "scores.jsonl"
+    args = ["score", "--model", str(run_dir), "--data", str(held_out), "--output", str(out)]
+    assert main([*args, "--cutoff-len", "64"]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["chosen_score"] for line in lines] == pytest.approx(expected.chosen, abs=1e-5)
+    assert f"16 pairs: accuracy {expected.accuracy:.4f}" in capsys.readouterr().out
 
 
 def test_rm_refuses_records_that_are_not_pairs(tiny_model_dir, tmp_path):
