@@ -210,7 +210,8 @@ def load_base(spec: str, head: str = "causal_lm") -> tuple[Any, Any]:
         raise ExportError(f"cannot load base model '{spec}': {e}") from None
     if resolved.adapter is not None:
         logger.info("base %s is a run: merging its adapter into its own base first", spec)
-        model = model.merge_and_unload()
+        peft_model: Any = model
+        model = peft_model.merge_and_unload()
     return model.float().eval(), tokenizer
 
 
