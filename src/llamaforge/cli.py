@@ -106,6 +106,13 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    cfg = _load_config(args, ("model", "dtype", "template", "cutoff_len", "dataset_dir"))
+    from llamaforge.evaluation.reward_scores import run_score
+
+    return run_score(cfg, args.data, args.output)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from llamaforge.config import load_run_config
 
@@ -258,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-examples", type=int, default=3)
     p.set_defaults(command_key="data preview", overrides=())
 
+    p = sub.add_parser(
+        "score", help="score preference pairs (accuracy, margin) or responses with a reward model"
+    )
+    p.add_argument("--model", required=True, help="a reward-model run directory (stage rm)")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--data", required=True, help="pairs or responses: a file or registry name")
+    p.add_argument("--output", default=None, help="JSONL of scores, one line per record")
+    p.add_argument("--template", default=None, help="default: the run's own")
+    p.add_argument("--cutoff-len", type=int, default=None)
+    p.add_argument("--dataset-dir", default=None)
+    p.add_argument("--config", help="optional YAML config")
+    p.set_defaults(command_key="score", overrides=())
+
     p = sub.add_parser("serve", help="OpenAI-compatible API server (/v1/chat/completions, ...)")
     p.add_argument("--model", default=None)
     p.add_argument("--dtype", default=None)
@@ -339,6 +359,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "chat": cmd_chat,
     "data preview": cmd_data_preview,
+    "score": cmd_score,
     "serve": cmd_serve,
     "webui": cmd_webui,
     "export merge": cmd_export_merge,

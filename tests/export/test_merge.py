@@ -261,7 +261,7 @@ def test_empty_adapter_file_is_refused(tiny_model_dir, make_adapter, tmp_path):
 def test_interrupted_write_leaves_nothing_that_looks_complete(
     tiny_model_dir, make_adapter, tmp_path, monkeypatch
 ):
-    import llamaforge.export.merge as merge_module
+    import llamaforge.export.writing as writing_module
 
     adapter = make_adapter(tiny_model_dir)
     out_parent = tmp_path / "exports"
@@ -271,7 +271,7 @@ def test_interrupted_write_leaves_nothing_that_looks_complete(
         Path(filename).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(merge_module, "save_file", write_half_then_die)
+    monkeypatch.setattr(writing_module, "save_file", write_half_then_die)
     with pytest.raises(KeyboardInterrupt):
         merge_adapter(str(tiny_model_dir), adapter, out_parent / "merged")
     assert list(out_parent.iterdir()) == []

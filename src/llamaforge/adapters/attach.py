@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 # The task peft is told per head (models/loader.py HEADS), and the head's own layer, which a
 # peft model must save in full: a one-output score head is new, randomly initialised, and
 # would be initialised again at load if it were not part of the adapter.
-_PEFT_TASKS = {"causal_lm": ("CAUSAL_LM", ()), "score": ("SEQ_CLS", ("score",))}
+PEFT_TASKS = {"causal_lm": ("CAUSAL_LM", ()), "score": ("SEQ_CLS", ("score",))}
 
 
 def _check_target_modules(model: nn.Module, targets: tuple[str, ...] | str) -> None:
@@ -57,7 +57,7 @@ def to_peft_config(
     tokens; a tied lm_head follows them)."""
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
 
-    task, head_modules = _PEFT_TASKS[head]
+    task, head_modules = PEFT_TASKS[head]
     task_type = TaskType[task]
     saved = [*head_modules, *modules_to_save] or None
     adapter = FINETUNING[cfg.finetuning].adapter

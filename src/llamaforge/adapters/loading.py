@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from llamaforge.adapters.attach import PEFT_TASKS
 from llamaforge.errors import ModelError
 
 if TYPE_CHECKING:
@@ -20,6 +21,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _config_for_head(directory: Path, head: str | None) -> Any:
+    """None (peft reads the saved config), or the saved config made task-free when the
+    adapter was trained for a head other than ``head``."""
+    if head is None:
+        return None
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(directory))
+    if config.task_type in (None, PEFT_TASKS[head][0]):
+        return None
+    config.task_type = None
+    return config
+
+
 def load_adapter(
     model: PreTrainedModel | PeftModel,
     path: str | Path,
@@ -27,12 +42,16 @@ def load_adapter(
     is_trainable: bool = False,
     adapter_name: str = "default",
     fix: str = "load it with the base model it was trained on",
+    head: str | None = None,
 ) -> PeftModel:
     """Wrap ``model`` with the adapter saved in ``path`` (frozen unless ``is_trainable``).
 
     The one place a saved peft adapter is loaded. A model that is already a PeftModel
     gets the adapter added under ``adapter_name`` (several adapters on one base, as
     serving does). ``fix`` ends the error raised when the adapter does not fit the base.
+    ``head``: the head ``model`` was built with (models.HEADS); an adapter trained for
+    another head (an SFT adapter on a reward model's score head) is loaded task-free, as
+    plain LoRA weights, which is what folding it into the base needs.
     """
     from peft import PeftModel
 
@@ -50,7 +69,11 @@ def load_adapter(
             model.load_adapter(directory, adapter_name=adapter_name, is_trainable=is_trainable)
             return model
         return PeftModel.from_pretrained(
-            model, directory, adapter_name=adapter_name, is_trainable=is_trainable
+            model,
+            directory,
+            adapter_name=adapter_name,
+            is_trainable=is_trainable,
+            config=_config_for_head(directory, head),
         )
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         # Shape mismatches (adapter trained on another base) surface as RuntimeError.

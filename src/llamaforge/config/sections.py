@@ -46,7 +46,7 @@ class DataConfig:
     dataset_dir: str | None = None
     """Directory holding ``dataset_info.json`` (registry); default: next to the config."""
     format: str | None = None
-    """Force the input format: alpaca | sharegpt | openai | csv | text | preference."""
+    """Force the input format: alpaca | sharegpt | openai | csv | text | preference | kto."""
     columns: dict[str, str] | None = None
     """Column mapping for CSV/TSV (or renamed JSON fields), e.g. ``{prompt: question,
     response: answer}``."""
@@ -104,7 +104,8 @@ class FinetuningConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     stage: str = "sft"
-    """Training stage: sft (supervised fine-tuning) | pt (continued pretraining on raw text).
+    """Training stage: sft (supervised fine-tuning) | pt (continued pretraining on raw text)
+    | rm (reward model on preference pairs).
     Options that only one stage uses live in that stage's own section (``sft:``, ``pt:``)."""
     output_dir: str | None = None
     """Run directory; default ``runs/<stage>-<timestamp>``."""
@@ -222,6 +223,13 @@ class PretrainConfig:
     """Read the corpus from disk as training consumes it, for corpora larger than memory
     (JSON Lines line by line, text files paragraph by paragraph). Needs ``max_steps`` (a
     stream has no length); ``val_set_size`` is then a count: the first N documents."""
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    center_rewards_coefficient: float | None = None
+    """Add this times the mean squared reward to the loss, so rewards stay centred on zero
+    (Eisenstein et al. 2023; 0.01 is the usual value). Unset: no centring term."""
 
 
 SECTIONS: dict[str, type] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llamaforge.config.sections import PretrainConfig, SFTConfig
+from llamaforge.config.sections import PretrainConfig, RewardModelConfig, SFTConfig
 
 
 @dataclass(frozen=True)
@@ -32,5 +32,10 @@ STAGES: dict[str, Stage] = {
         "continued pretraining on raw text (documents joined with EOS, cut into blocks)",
         PretrainConfig,
         "llamaforge.methods.pt:run_pt",
+    ),
+    "rm": Stage(
+        "reward model: a one-output score head trained on preference pairs (pairwise loss)",
+        RewardModelConfig,
+        "llamaforge.methods.rm:run_rm",
     ),
 }

@@ -15,7 +15,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "flash_attention_3",
         "flex_attention",
     ),
-    "format": ("alpaca", "sharegpt", "openai", "csv", "text", "preference"),
+    "format": ("alpaca", "sharegpt", "openai", "csv", "text", "preference", "kto"),
     "finetuning": tuple(FINETUNING),
     "lr_scheduler_type": (
         "linear",

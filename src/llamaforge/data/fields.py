@@ -79,6 +79,7 @@ DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
     "chosen": ("chosen",),
     "rejected": ("rejected",),
     "text": ("text", "content"),
+    "kto_tag": ("label", "kto_tag"),
 }
 CSV_FIELDS: dict[str, tuple[str, ...]] = {
     "prompt": ("question", "instruction", "prompt"),

@@ -3,7 +3,8 @@
 Contract: every reader turns the rows of one file (see :mod:`llamaforge.data.files`)
 into the types of :mod:`llamaforge.data.records` (re-exported here): :class:`Conversation` (SFT: optional system, then user/assistant turns that
 alternate and end with the assistant), :class:`Preference` (a prompt plus a chosen and
-a rejected answer) or :class:`TextDocument` (pretraining text). Formats:
+a rejected answer), :class:`Feedback` (a prompt, one answer and a desirable/undesirable
+label) or :class:`TextDocument` (pretraining text). Formats:
 
 - ``alpaca``: ``instruction``, ``input``, ``output``, optional ``system`` and
   ``history`` (``[[question, answer], ...]``, LLaMA-Factory);
@@ -13,10 +14,12 @@ a rejected answer) or :class:`TextDocument` (pretraining text). Formats:
   prompt, answer|output|response → response);
 - ``text``: ``.txt`` blocks separated by blank lines, or ``{text}`` records;
 - ``preference``: ``prompt``/``chosen``/``rejected`` (strings or messages) and
-  LLaMA-Factory's ``conversations`` + ``chosen``/``rejected`` turn objects.
+  LLaMA-Factory's ``conversations`` + ``chosen``/``rejected`` turn objects;
+- ``kto``: KTO's binary feedback, ``messages`` ending with the answer + a boolean
+  ``label`` (LLaMA-Factory's ``kto_tag`` column), or ``prompt`` + ``completion`` + ``label``.
 
 ``columns`` renames fields (LLaMA-Factory names: prompt, query, response, history,
-system, messages, chosen, rejected, text); ``tags`` renames ShareGPT role keys. The
+system, messages, chosen, rejected, text, kto_tag); ``tags`` renames ShareGPT role keys. The
 format is detected from the extension and the first record unless given. Every bad
 record raises :class:`~llamaforge.errors.DataError` naming file, record/line, field, fix.
 """
@@ -47,6 +50,7 @@ from llamaforge.data.files import CSV_SUFFIXES, TEXT_SUFFIXES, Row, json_kind, r
 from llamaforge.data.records import (
     ROLES,
     Conversation,
+    Feedback,
     Message,
     Preference,
     Record,
@@ -59,6 +63,7 @@ __all__ = [
     "FORMATS",
     "ROLES",
     "Conversation",
+    "Feedback",
     "Message",
     "Preference",
     "Record",
@@ -225,32 +230,34 @@ def _answer(value: object, source: str, name: str, tags: Tags) -> str:
     return as_string(value, source, name)
 
 
+def _prompt_messages(
+    row: Mapping[str, Any], columns: Mapping[str, str], tags: Tags | None, source: str
+) -> tuple[list[Message], Tags, str]:
+    """(prompt messages, the tags of answer turns, field name) of a preference/feedback row:
+    ``conversations``/``messages`` turns, or a ``prompt`` string or message list."""
+    messages_key = field_name(row, "messages", columns)
+    if messages_key is not None and messages_key in row:
+        turns = row[messages_key]
+        row_tags = tags or (OPENAI_TAGS if messages_key == "messages" else Tags())
+        return parse_turns(turns, row_tags, source, messages_key), row_tags, messages_key
+    prompt_key = field_name(row, "prompt", columns)
+    if prompt_key is None or prompt_key not in row:
+        raise missing_field(source, "prompt", ("prompt", "instruction", "conversations"), row)
+    value = row[prompt_key]
+    row_tags = tags or OPENAI_TAGS
+    if isinstance(value, list):  # TRL conversational form
+        return parse_turns(value, row_tags, source, prompt_key), row_tags, prompt_key
+    query = get_string(row, "query", columns, source, required=False)
+    text = as_string(value, source, prompt_key, allow_empty=False)
+    return [Message("user", text, query)], row_tags, prompt_key
+
+
 def read_preference(
     rows: Sequence[Row], columns: Mapping[str, str], tags: Tags | None = None
 ) -> list[Record]:
     records: list[Record] = []
     for row, source in rows:
-        messages_key = field_name(row, "messages", columns)
-        if messages_key is not None and messages_key in row:
-            turns = row[messages_key]
-            row_tags = tags or (OPENAI_TAGS if messages_key == "messages" else Tags())
-            prompt = parse_turns(turns, row_tags, source, messages_key)
-        else:
-            prompt_key = field_name(row, "prompt", columns)
-            if prompt_key is None or prompt_key not in row:
-                raise missing_field(
-                    source, "prompt", ("prompt", "instruction", "conversations"), row
-                )
-            value = row[prompt_key]
-            if isinstance(value, list):  # TRL conversational form
-                row_tags = tags or OPENAI_TAGS
-                prompt = parse_turns(value, row_tags, source, prompt_key)
-            else:
-                query = get_string(row, "query", columns, source, required=False)
-                prompt = [
-                    Message("user", as_string(value, source, prompt_key, allow_empty=False), query)
-                ]
-            row_tags = tags or OPENAI_TAGS
+        prompt, row_tags, prompt_key = _prompt_messages(row, columns, tags, source)
         answers = []
         for canonical in ("chosen", "rejected"):
             key = field_name(row, canonical, columns)
@@ -259,8 +266,53 @@ def read_preference(
             answers.append(_answer(row[key], source, key, row_tags))
         system = get_string(row, "system", columns, source, required=False)
         prompt = with_system(prompt, system)
-        check_turns(prompt, source, messages_key or "prompt", end_with="user")
+        check_turns(prompt, source, prompt_key, end_with="user")
         records.append(Preference(tuple(prompt), answers[0], answers[1], source))
+    return records
+
+
+def _label(row: Mapping[str, Any], columns: Mapping[str, str], source: str) -> bool:
+    key = field_name(row, "kto_tag", columns)
+    if key is None or key not in row:
+        names = [columns["kto_tag"]] if "kto_tag" in columns else DEFAULT_FIELDS["kto_tag"]
+        raise missing_field(source, "kto_tag", names, row)
+    value = row[key]
+    if not isinstance(value, bool):
+        raise DataError(
+            f"{source}: field '{key}' must be true or false (is the answer desirable?), got "
+            f"{json_kind(value)} ({value!r}); write it as a JSON boolean"
+        )
+    return value
+
+
+def read_feedback(
+    rows: Sequence[Row], columns: Mapping[str, str], tags: Tags | None = None
+) -> list[Record]:
+    """KTO's binary feedback: a conversation ending with the answer, or a prompt and a
+    ``completion``; each with a boolean label."""
+    records: list[Record] = []
+    for row, source in rows:
+        label = _label(row, columns, source)
+        system = get_string(row, "system", columns, source, required=False)
+        messages_key = field_name(row, "messages", columns)
+        if messages_key is not None and messages_key in row:
+            turns = row[messages_key]
+            first = turns[0] if isinstance(turns, list) and turns else None
+            row_tags = tags or (
+                OPENAI_TAGS if isinstance(first, dict) and "role" in first else Tags()
+            )
+            messages = with_system(parse_turns(turns, row_tags, source, messages_key), system)
+            check_turns(messages, source, messages_key)
+            prompt, completion = messages[:-1], messages[-1].content
+        else:
+            prompt, row_tags, prompt_key = _prompt_messages(row, columns, tags, source)
+            prompt = with_system(prompt, system)
+            check_turns(prompt, source, prompt_key, end_with="user")
+            key = field_name(row, "response", columns)
+            if key is None or key not in row:
+                raise missing_field(source, "completion", ("completion", "response"), row)
+            completion = _answer(row[key], source, key, row_tags)
+        records.append(Feedback(tuple(prompt), completion, label, source))
     return records
 
 
@@ -273,6 +325,7 @@ FORMATS: dict[str, Reader] = {
     "csv": read_csv,
     "text": read_text_documents,
     "preference": read_preference,
+    "kto": read_feedback,
 }
 
 
@@ -293,6 +346,10 @@ def detect_format(path: Path, row: Mapping[str, Any], columns: Mapping[str, str]
 
     if has("chosen") and has("rejected"):
         return "preference"
+    if isinstance(row.get(field_name(row, "kto_tag", columns) or ""), bool) and (
+        has("messages") or has("prompt")
+    ):
+        return "kto"
     if has("messages"):
         name = field_name(row, "messages", columns)
         turns = row.get(name or "")
@@ -367,6 +424,6 @@ def read_records(
 def _add_system(record: Record, system: str) -> Record:
     if isinstance(record, Conversation):
         return replace(record, messages=tuple(with_system(list(record.messages), system)))
-    if isinstance(record, Preference):
+    if isinstance(record, Preference | Feedback):
         return replace(record, prompt=tuple(with_system(list(record.prompt), system)))
     return record

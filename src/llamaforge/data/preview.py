@@ -8,6 +8,12 @@ truncation, trained tokens wrapped in ``[[...]]`` (or green on a terminal), then
 statistics before truncation (min/mean/p50/p95/max), how many records exceed
 ``cutoff_len``, how many would be dropped for having no trained token, and the number
 of trained tokens.
+
+Preference pairs are shown as pairs: the prompt, then each answer with the tokens it is
+scored on wrapped in ``[[...]]`` (the answer's log-probabilities in DPO-style stages), and
+the token where a reward model reads its score (the last one of ``prompt + answer``);
+their statistics are per side and count the pairs ``cutoff_len`` cuts. KTO feedback is
+shown as its conversation with its label.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from llamaforge.config.sections import RunConfig
-from llamaforge.data.formats import Conversation, Message, Preference, Record
+from llamaforge.data.formats import Conversation, Feedback, Message, Preference, Record
+from llamaforge.data.preference import EncodedPair, cut_pair, encode_pairs, reward_examples
 from llamaforge.data.registry import read_dataset_with_format, resolve_dataset
 from llamaforge.data.templates import ChatTemplate, get_template
 from llamaforge.data.tokenization import IGNORE_INDEX, Example, tokenize_batch
@@ -31,10 +38,60 @@ _GREEN, _RESET = "\033[32m", "\033[0m"
 
 
 def _as_sft(record: Record) -> Record:
-    """Preference pairs are previewed as their chosen conversation."""
-    if isinstance(record, Preference):
-        return Conversation((*record.prompt, Message("assistant", record.chosen)), record.source)
+    """KTO feedback is previewed as its conversation."""
+    if isinstance(record, Feedback):
+        messages = (*record.prompt, Message("assistant", record.completion))
+        return Conversation(messages, record.source)
     return record
+
+
+def _mark(text: str, color: bool) -> str:
+    return f"{_GREEN}{text}{_RESET}" if color else f"[[{text}]]"
+
+
+def _pair_lines(pair: EncodedPair, tokenizer: Any, cutoff_len: int, color: bool) -> list[str]:
+    lines = [f"prompt ({len(pair.prompt)} tokens): {tokenizer.decode(pair.prompt)}"]
+    for side, kept in zip(("chosen", "rejected"), cut_pair(pair, cutoff_len), strict=True):
+        answer = pair.chosen if side == "chosen" else pair.rejected
+        lost = len(pair.sequence(side)) - len(kept)
+        cut = f", {lost} cut by cutoff_len" if lost else ""
+        lines.append(
+            f"{side} ({len(answer)} answer tokens{cut}; a reward model reads its score at "
+            f"token {len(kept)}, {tokenizer.decode(kept[-1:])!r}): "
+            + _mark(tokenizer.decode(answer), color)
+        )
+    return lines
+
+
+def _preview_pairs(
+    records: Sequence[Preference],
+    tokenizer: Any,
+    template: Any,
+    cfg: RunConfig,
+    n: int,
+    color: bool,
+) -> list[str]:
+    data = cfg.data
+    pairs = encode_pairs(records, tokenizer, template, data.add_eos_token)
+    lines = []
+    for i, pair in enumerate(pairs[:n]):
+        lines.append(f"--- pair {i + 1} ({pair.source}) ---")
+        lines += [*_pair_lines(pair, tokenizer, data.cutoff_len, color), ""]
+    _, truncation = reward_examples(pairs, data.cutoff_len)
+    for side in ("chosen", "rejected"):
+        lengths = [len(p.sequence(side)) for p in pairs]
+        lines.append(
+            f"{side} tokens per pair (prompt + answer): min {min(lengths)}  "
+            f"mean {sum(lengths) / len(lengths):.1f}  p50 {_percentile(lengths, 0.5)}  "
+            f"p95 {_percentile(lengths, 0.95)}  max {max(lengths)}"
+        )
+    lines.append(
+        f"over cutoff_len={data.cutoff_len}: {truncation.cut} of {truncation.pairs} pairs "
+        f"({100 * truncation.cut / truncation.pairs:.1f}%), cut (prompt and answers keep their "
+        "beginnings); "
+        f"left identical by the cut (dropped in training): {truncation.dropped}"
+    )
+    return lines
 
 
 def _render_example(example: Example, tokenizer: Any, color: bool) -> str:
@@ -133,10 +190,6 @@ def preview_dataset(
         if load_tokenizer is None:
             raise TypeError("preview_dataset needs a tokenizer or load_tokenizer")
         tokenizer = load_tokenizer()
-    sft = [_as_sft(r) for r in records]
-    full = tokenize_batch(
-        sft, tokenizer, template, _UNLIMITED, data.add_eos_token, data.train_on_inputs
-    )
     if color is None:
         color = sys.stdout.isatty()
     kind = "chat template" if isinstance(template, ChatTemplate) else "prompt template"
@@ -147,9 +200,18 @@ def preview_dataset(
         f"{kind}: {data.template or 'chat'}  cutoff_len: {data.cutoff_len}  "
         f"train_on_inputs: {str(data.train_on_inputs).lower()}  "
         f"add_eos_token: {str(data.add_eos_token).lower()}",
-        "trained tokens are " + ("green" if color else "wrapped in [[...]]"),
-        "",
     ]
+    pairs = [r for r in records if isinstance(r, Preference)]
+    if pairs:
+        lines += ["scored answer tokens are " + ("green" if color else "wrapped in [[...]]"), ""]
+        return "\n".join(
+            lines + _preview_pairs(pairs, tokenizer, template, cfg, num_examples, color)
+        )
+    sft = [_as_sft(r) for r in records]
+    full = tokenize_batch(
+        sft, tokenizer, template, _UNLIMITED, data.add_eos_token, data.train_on_inputs
+    )
+    lines += ["trained tokens are " + ("green" if color else "wrapped in [[...]]"), ""]
     # Text documents turn into one example per record here (no chunking at an unlimited cutoff).
     for i, (record, example) in enumerate(zip(sft[:num_examples], full, strict=False)):
         cut = {k: v[: data.cutoff_len] for k, v in example.items()}
@@ -159,8 +221,8 @@ def preview_dataset(
         lines.append(head + (f", {dropped} cut by cutoff_len" if dropped else "") + " ---")
         lines.append(_render_example(cut, tokenizer, color))
         original = records[i]
-        if isinstance(original, Preference):
-            lines.append(f"(rejected answer: {original.rejected!r})")
+        if isinstance(original, Feedback):
+            lines.append(f"(label: {'desirable' if original.desirable else 'undesirable'})")
         lines.append("")
     lines += _stats(full, data.cutoff_len, chunked=fmt == "text")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """The canonical record types every dataset format is read into.
 
 Contract: :class:`Conversation` (optional system message first, then user/assistant
-turns), :class:`Preference` (prompt messages, a chosen and a rejected answer) and
-:class:`TextDocument` (pretraining text). All are frozen; ``source`` says where a record
+turns), :class:`Preference` (prompt messages, a chosen and a rejected answer),
+:class:`Feedback` (prompt messages, one answer and whether it is desirable: KTO's binary
+feedback) and :class:`TextDocument` (pretraining text). All are frozen; ``source`` says where a record
 came from (``data.json: record 12 (line 57)``) for error messages.
 """
 
@@ -44,9 +45,19 @@ class Preference:
 
 
 @dataclass(frozen=True)
+class Feedback:
+    prompt: tuple[Message, ...]
+    """The conversation up to the answer (ends with the user)."""
+    completion: str
+    desirable: bool
+    """KTO's label (LLaMA-Factory ``kto_tag``): True for a good answer."""
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class TextDocument:
     text: str
     source: str = ""
 
 
-Record = Conversation | Preference | TextDocument
+Record = Conversation | Preference | Feedback | TextDocument

@@ -6,7 +6,8 @@ a path to a file (or a folder of data files), relative to the current directory 
 ``dataset_dir`` (default ``base_dir``, else the current directory). Registry entries
 are ``{file_name, formatting?, columns?, tags?, ranking?, system_prompt?}``; LLaMA-Factory's
 ``dataset_info.json`` is read as it is (``formatting: alpaca|sharegpt``, ``ranking: true``
-for preference pairs; hub-only entries raise a DataError asking for a local copy).
+for preference pairs, a ``kto_tag`` column for KTO feedback; hub-only entries raise a
+DataError asking for a local copy).
 ``max_samples`` keeps the first N records of each dataset; several datasets are
 concatenated and shuffled with ``seed``. :func:`split_validation` holds out a count
 (``>= 1``) or a fraction (``< 1``) of the records.
@@ -85,6 +86,9 @@ def _format_of(entry: Mapping[str, Any], where: str) -> str | None:
     formatting = entry.get("formatting", entry.get("format"))
     if entry.get("ranking"):
         return "preference"
+    columns = entry.get("columns")
+    if isinstance(columns, dict) and "kto_tag" in columns:
+        return "kto"  # LLaMA-Factory marks KTO data by its label column, not its formatting
     if formatting is None:
         return None  # detect from the file (LLaMA-Factory's default `alpaca` covers text too)
     if formatting not in FORMATS:

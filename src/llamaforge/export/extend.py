@@ -30,18 +30,16 @@ from typing import Any
 import torch
 
 from llamaforge.data.files import SUFFIXES
-from llamaforge.data.formats import Conversation, Preference, Record, read_file
+from llamaforge.data.formats import Conversation, Feedback, Preference, Record, read_file
 from llamaforge.errors import DataError, ExportError
 from llamaforge.export.merge import (
-    check_output_dir,
     fixed_prompts,
     logit_tolerance,
     max_logit_diff,
     prompt_logits,
-    save_hf_model,
-    staged_dir,
 )
 from llamaforge.export.sources import load_base, load_tokenizer_dir
+from llamaforge.export.writing import check_output_dir, save_hf_model, staged_dir
 from llamaforge.models import load_tokenizer
 from llamaforge.models.vocabulary import (
     VocabularyRecord,
@@ -114,6 +112,8 @@ def _record_texts(record: Record) -> list[str]:
         return [m.text for m in record.messages]
     if isinstance(record, Preference):
         return [*(m.text for m in record.prompt), record.chosen, record.rejected]
+    if isinstance(record, Feedback):
+        return [*(m.text for m in record.prompt), record.completion]
     return [record.text]
 
 

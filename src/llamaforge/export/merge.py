@@ -23,20 +23,14 @@ safetensors directly, never through ``save_pretrained``.
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from llamaforge.errors import ExportError, ModelError
 from llamaforge.export.sources import (
@@ -48,7 +42,7 @@ from llamaforge.export.sources import (
     run_rope_scaling,
     touched_modules,
 )
-from llamaforge.rundir import make_ordinary
+from llamaforge.export.writing import check_output_dir, is_tied, save_hf_model, staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +119,6 @@ class MergedModel:
     relative_delta: float
 
 
-def _is_tied(model: Any) -> bool:
-    out = model.get_output_embeddings()
-    return out is not None and out.weight is model.get_input_embeddings().weight
-
-
 def _untie(model: Any) -> None:
     """Give lm_head its own copy of the embedding matrix so each can get its own delta."""
     out = model.get_output_embeddings()
@@ -203,11 +192,13 @@ class LogitCheck:
     tolerance: float
 
 
-def _load_base(base: Any, tokenizer: Any, adapter_dir: Path) -> tuple[Any, Any, str]:
+def _load_base(base: Any, tokenizer: Any, head: str, adapter_dir: Path) -> tuple[Any, Any, str]:
     if base is None or isinstance(base, str | os.PathLike):
         # RoPE scaling shapes the rotary embedding when the model is built: the base must be
         # loaded with the run's, or base + adapter and the merged model would disagree.
-        model, base_tokenizer = load_base(str(base), rope_scaling=run_rope_scaling(adapter_dir))
+        model, base_tokenizer = load_base(
+            str(base), head=head, rope_scaling=run_rope_scaling(adapter_dir)
+        )
         return model, tokenizer or base_tokenizer, str(base)
     if tokenizer is None:
         raise ExportError("a base model object was given without a tokenizer; pass tokenizer=")
@@ -262,10 +253,14 @@ def merge_in_memory(base: Any, adapter_dir: str | Path, *, tokenizer: Any = None
                 "adapter_config.json); pass --model"
             )
         base = adapter.base_spec
-    model, base_tokenizer, base_name = _load_base(base, tokenizer, adapter.directory)
+    # A reward model's adapter (peft task SEQ_CLS) goes on the one-output score head.
+    head = "score" if adapter.config.get("task_type") == "SEQ_CLS" else "causal_lm"
+    model, base_tokenizer, base_name = _load_base(base, tokenizer, head, adapter.directory)
     if tokenizer is None and adapter.has_tokenizer:
         # The run's tokenizer is the one training used (added tokens, chat template).
         base_tokenizer = load_tokenizer_dir(adapter.directory)
+    if head == "score":  # the score is read before the pad id: keep the run's (config.json)
+        model.config.pad_token_id = base_tokenizer.pad_token_id
 
     base_vocab = model.get_input_embeddings().num_embeddings
     vocab = adapter_vocab_size(adapter)
@@ -273,7 +268,7 @@ def merge_in_memory(base: Any, adapter_dir: str | Path, *, tokenizer: Any = None
         logger.info("resizing the base vocabulary %d → %d to match the adapter", base_vocab, vocab)
         model.resize_token_embeddings(vocab, mean_resizing=False)
     modules = touched_modules(adapter)
-    if _is_tied(model) and any(p.endswith(("lm_head", "embed_tokens")) for p in modules):
+    if is_tied(model) and any(p.endswith(("lm_head", "embed_tokens")) for p in modules):
         logger.info("the adapter changes tied embeddings: writing embed_tokens and lm_head apart")
         _untie(model)
     snapshot = _snapshot(model, modules)
@@ -307,81 +302,6 @@ def merge_in_memory(base: Any, adapter_dir: str | Path, *, tokenizer: Any = None
     )
 
 
-@contextmanager
-def staged_dir(output: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """A hidden sibling directory that becomes ``output`` only if the block succeeds."""
-    check_output_dir(output, overwrite=overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
-    )
-    try:
-        yield staging
-        make_ordinary(staging)
-        if output.exists():
-            old = staging.with_suffix(".old")
-            os.replace(output, old)
-            os.replace(staging, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def check_output_dir(output: Path, *, overwrite: bool) -> None:
-    if output.is_file():
-        raise ExportError(f"{output}: is a file; pass a directory path for the merged model")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ExportError(f"{output}: already exists and is not empty; delete it or pick another")
-
-
-def save_hf_model(model: Any, tokenizer: Any, directory: Path, *, shard_size: str = "2GB") -> list:
-    """Write weights (sharded safetensors), config, generation config and tokenizer."""
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from transformers import GenerationConfig
-
-    tied = _is_tied(model)
-    embed_ptr = model.get_input_embeddings().weight.data_ptr()
-    state: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().contiguous()
-        ptr = tensor.data_ptr()
-        if tied and ptr == embed_ptr and ptr in seen:
-            continue  # the tied lm_head: transformers re-ties it from embed_tokens on load
-        # safetensors refuses tensors that share storage; any other sharing is copied out.
-        state[name] = tensor.clone() if ptr in seen else tensor
-        seen.add(ptr)
-    split = split_torch_state_dict_into_shards(
-        state, filename_pattern="model{suffix}.safetensors", max_shard_size=shard_size
-    )
-    for filename, names in split.filename_to_tensors.items():
-        save_file(
-            {n: state[n] for n in names}, str(directory / filename), metadata={"format": "pt"}
-        )
-    if split.is_sharded:
-        index = {"metadata": {**split.metadata}, "weight_map": split.tensor_to_filename}
-        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-    config = copy.deepcopy(model.config)
-    # A GGUF-loaded config says quant_method=gguf; the weights we write are plain floats.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.architectures = [type(model).__name__]
-    config.tie_word_embeddings = tied
-    config.dtype = str(model.dtype).removeprefix("torch.")
-    config.name_or_path = str(directory)
-    config.save_pretrained(str(directory))
-    generation = copy.deepcopy(getattr(model, "generation_config", None))
-    if generation is None:
-        generation = GenerationConfig.from_model_config(config)
-    generation.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    return sorted(p.name for p in directory.iterdir())
-
-
 def check_logits(reference: Sequence[torch.Tensor], model: Any, prompts: list) -> LogitCheck:
     """Compare ``model``'s logits on ``prompts`` with ``reference``; ExportError past the
     fp32 rounding bound of :func:`logit_tolerance`."""
@@ -402,9 +322,14 @@ def check_logits(reference: Sequence[torch.Tensor], model: Any, prompts: list) -
 
 
 def _reload_and_compare(directory: Path, merged: MergedModel) -> LogitCheck:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
 
-    reloaded = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    seq_cls = type(merged.model).__name__.endswith("ForSequenceClassification")
+    auto = getattr(
+        transformers, f"AutoModelFor{'SequenceClassification' if seq_cls else 'CausalLM'}"
+    )
+    reloaded = auto.from_pretrained(str(directory), dtype=torch.float32).eval()
     check = check_logits(merged.reference, reloaded, merged.prompts)
     had_template = bool(getattr(merged.tokenizer, "chat_template", None))
     if had_template and not AutoTokenizer.from_pretrained(str(directory)).chat_template:
@@ -438,7 +363,7 @@ def _write_verified(
         adapter_dir=adapter_dir,
         files=tuple(files),
         vocab_size=merged.model.get_input_embeddings().num_embeddings,
-        tied_embeddings=_is_tied(merged.model),
+        tied_embeddings=is_tied(merged.model),
         changed_tensors=merged.changed_tensors,
         relative_delta=merged.relative_delta,
         max_abs_logit_diff=None if check is None else check.max_abs_diff,

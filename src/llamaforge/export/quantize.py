@@ -34,14 +34,12 @@ import torch
 
 from llamaforge.errors import ExportError
 from llamaforge.export.merge import (
-    check_output_dir,
     fixed_prompts,
     merge_in_memory,
     prompt_logits,
-    save_hf_model,
-    staged_dir,
 )
 from llamaforge.export.sources import is_adapter_dir, load_base
+from llamaforge.export.writing import check_output_dir, save_hf_model, staged_dir
 from llamaforge.models import to_quantization_config
 
 logger = logging.getLogger(__name__)

@@ -197,9 +197,13 @@ def touched_modules(adapter: AdapterFiles) -> set[str]:
     return paths
 
 
-def load_base(spec: str, *, rope_scaling: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` for a base spec in float32, eval mode, on CPU (with the
-    RoPE scaling an adapter was trained with, if any).
+def load_base(
+    spec: str, head: str = "causal_lm", *, rope_scaling: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for a base spec in float32, eval mode, on CPU, with the
+    ``head`` of ``llamaforge.models.HEADS`` (and the RoPE scaling an adapter was trained
+    with, if any). A run directory as the base (a run that started from another run, e.g. a
+    reward model on an SFT run) is its own base with its adapter merged in.
 
     The spec is resolved by ``llamaforge.models`` (the one model resolution: alias, HF or
     run directory, ``.gguf`` file, cached hub id); its local files are checked here first
@@ -214,11 +218,6 @@ def load_base(spec: str, *, rope_scaling: dict[str, Any] | None = None) -> tuple
         resolved = resolve_model(spec)
     except ModelError as e:
         raise ExportError(str(e)) from None
-    if resolved.adapter is not None:
-        raise ExportError(
-            f"{spec} is an adapter or run directory; pass it as the adapter and its base as "
-            "the model"
-        )
     if resolved.gguf_path is not None:
         check_gguf(resolved.gguf_path)
     else:
@@ -226,10 +225,14 @@ def load_base(spec: str, *, rope_scaling: dict[str, Any] | None = None) -> tuple
             check_safetensors(shard)
     try:
         model, tokenizer = load_model(
-            ModelConfig(model=spec, dtype="float32", rope_scaling=rope_scaling)
+            ModelConfig(model=spec, dtype="float32", rope_scaling=rope_scaling), head=head
         )
     except (ModelError, OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         raise ExportError(f"cannot load base model '{spec}': {e}") from None
+    if resolved.adapter is not None:
+        logger.info("base %s is a run: merging its adapter into its own base first", spec)
+        peft_model: Any = model
+        model = peft_model.merge_and_unload()
     return model.float().eval(), tokenizer
 
 

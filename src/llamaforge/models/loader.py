@@ -6,7 +6,9 @@ A spec (``model:`` in the config) is one of:
 - a ``.gguf`` file (dequantized once and cached, see :mod:`llamaforge.models.gguf_cache`);
 - a local HF directory (``config.json`` + safetensors weights + tokenizer);
 - a run or adapter directory (``adapter_config.json``): the base model named in its
-  ``config.yaml`` (or ``adapter_config.json``) plus the adapter;
+  ``config.yaml`` (or ``adapter_config.json``) plus the adapter. That base may itself be a
+  run directory (a reward model trained on top of an SFT run): its adapter is folded into
+  the base weights first (``merge_and_unload``), then this run's adapter is loaded;
 - a hub id ``org/name`` that is already in the local HF cache — never downloaded.
 
 Anything else raises a one-line :class:`ModelError` saying how to fix it. Weights are never
@@ -68,6 +70,9 @@ class ResolvedModel:
     adapter: Path | None = None
     """Set when the spec was a run/adapter directory: the adapter to load on top."""
     spec: str = ""
+    folded: tuple[Path, ...] = ()
+    """Adapters of the runs this one started from, base first: merged into the base
+    weights before ``adapter`` is loaded."""
 
     @property
     def gguf_path(self) -> Path | None:
@@ -131,6 +136,10 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
+MAX_RUN_CHAIN = 8
+"""Runs started from runs (pt → sft → rm ...) deeper than this are refused as a cycle."""
+
+
 def resolve_model(spec: str, *, _depth: int = 0) -> ResolvedModel:
     """Find what a model spec points to, without loading anything."""
     if spec == SMOLLM2_ALIAS:
@@ -145,10 +154,14 @@ def resolve_model(spec: str, *, _depth: int = 0) -> ResolvedModel:
         return ResolvedModel("gguf", path.parent, path.name, spec=spec)
     if path.is_dir():
         if (path / "adapter_config.json").is_file():
-            if _depth > 0:
-                raise ModelError(f"{path}: the base model of an adapter is itself an adapter")
+            if _depth >= MAX_RUN_CHAIN:
+                raise ModelError(
+                    f"{path}: more than {MAX_RUN_CHAIN} runs each started from the next "
+                    "(a cycle?); point 'model' at a merged model (llamaforge export merge)"
+                )
             base = resolve_model(_adapter_base(path), _depth=_depth + 1)
-            return dataclasses.replace(base, adapter=path, spec=spec)
+            folded = (*base.folded, base.adapter) if base.adapter is not None else ()
+            return dataclasses.replace(base, adapter=path, folded=folded, spec=spec)
         if (path / "config.json").is_file():
             return ResolvedModel("dir", path, spec=spec)
         ggufs = sorted(path.glob("*.gguf"))
@@ -351,12 +364,16 @@ def load_model(
         ) from None
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
         raise ModelError(f"cannot load the model from {directory}: {e}") from None
-    if adapter is not None:
-        from llamaforge.adapters import load_adapter
+    from llamaforge.adapters import load_adapter
 
-        model = load_adapter(model, adapter, is_trainable=for_training)
-    if head == "score" and model.config.pad_token_id is None:
-        # A score head reads the last token that is not padding: it must know the pad id.
+    for earlier in resolved.folded:
+        logger.info("folding %s into the base weights", earlier)
+        model = load_adapter(model, earlier, head=head).merge_and_unload()
+    if adapter is not None:
+        model = load_adapter(model, adapter, is_trainable=for_training, head=head)
+    if head == "score":
+        # A score head reads the rightmost token that is not the pad id: it must agree with
+        # the tokenizer that pads its batches (a reward run saves the one it trained with).
         model.config.pad_token_id = tokenizer.pad_token_id
     if for_training:
         model.config.use_cache = False  # incompatible with gradient checkpointing; unused

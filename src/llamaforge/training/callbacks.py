@@ -22,7 +22,9 @@ from llamaforge.training.plot import plot_losses
 
 logger = logging.getLogger(__name__)
 
-_LOGGED_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
+_LOGGED_KEYS: tuple[str, ...] = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
+# Reward models (TRL's RewardTrainer): share of pairs ranked right, mean chosen - rejected.
+_LOGGED_KEYS += ("accuracy", "margin", "eval_accuracy", "eval_margin", "eval_mean_reward")
 
 
 class RunLogCallback(TrainerCallback):

@@ -10,6 +10,13 @@ A stage (``methods/<stage>.py``) reads top to bottom as::
     run_stage(trainer, cfg, plan)                  # resume, callbacks, Ctrl-C, pre-flight,
                                                    # CPU fast paths, save, summary
 
+A run directory as ``model`` (``model: runs/my-sft``) starts this run from that run's
+weights: a stage other than the run's own folds its adapter into the base in memory and
+attaches a new adapter (so a DPO reference or a reward model starts from the SFT model,
+and disabling the new adapter gives the SFT model back); the same stage with an adapter
+kind keeps training that run's adapter. Either way ``config.yaml`` records the run
+directory as the base, which is what ``export merge`` rebuilds.
+
 Derived settings (precision, the base model's dtype and quantization, packing, world size,
 run directory) are resolved once, in :class:`RunPlan`, which is also written to
 ``run_metadata.json``. Our config decides ``bf16``/``fp16`` and gradient checkpointing on
@@ -33,6 +40,7 @@ from transformers import EarlyStoppingCallback, PrinterCallback, TrainingArgumen
 
 from llamaforge import rundir
 from llamaforge.adapters.attach import attach_adapter, trainable_summary
+from llamaforge.adapters.dropout import use_fast_lora_dropout
 from llamaforge.config.finetuning import FINETUNING
 from llamaforge.config.sections import ModelConfig, RunConfig
 from llamaforge.errors import ConfigError, TrainingInterrupted
@@ -69,6 +77,9 @@ class RunPlan:
     resume: str | None
     sharded: bool
     """DeepSpeed or FSDP wraps the model (our single-process CPU fast paths stay off)."""
+    continues_adapter: bool = False
+    """``model`` (or ``adapter``) is a run of this same stage whose adapter keeps training;
+    otherwise a loaded adapter is folded into the base and a new one attached."""
 
     @property
     def single_process(self) -> bool:
@@ -134,6 +145,25 @@ def base_weights_dtype(cfg: RunConfig, precision: str) -> str:
     return cfg.model.dtype
 
 
+def source_adapter(cfg: RunConfig) -> Path | None:
+    """The adapter (or run) directory the model is loaded with, if any."""
+    if cfg.model.adapter:
+        return Path(cfg.model.adapter).expanduser()
+    path = Path(cfg.model.model).expanduser()
+    return path if (path / "adapter_config.json").is_file() else None
+
+
+def continues_adapter(cfg: RunConfig) -> bool:
+    """Whether this run keeps training the adapter it loads (see the module docstring): the
+    loaded run has this stage (an adapter without a config.yaml counts as an SFT one) and
+    ``finetuning`` adds an adapter."""
+    source = source_adapter(cfg)
+    if source is None or FINETUNING[cfg.finetuning.finetuning].adapter is None:
+        return False
+    stage = rundir.run_config_value(rundir.read_run_config(source), "training", "stage")
+    return (stage or "sft") == cfg.training.stage
+
+
 def plan_run(cfg: RunConfig, *, packing: bool) -> RunPlan:
     """Check the machine, resolve derived settings, create the run directory and save the
     config in it first (so a failed run still says what it was). ``packing``: whether the
@@ -161,6 +191,7 @@ def plan_run(cfg: RunConfig, *, packing: bool) -> RunPlan:
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         resume=tr.resume_from_checkpoint,
         sharded=bool(tr.deepspeed or tr.fsdp),
+        continues_adapter=continues_adapter(cfg),
     )
 
 
@@ -169,8 +200,28 @@ def trainable_model(
 ) -> Any:
     """The loaded model made trainable: packed attention when packing, then the adapter
     (or freeze/full) of ``cfg.finetuning``, initialised from ``cfg.training.seed``."""
+    from peft import PeftModel
+
     if plan.packing:
         use_packed_attention(model)
+    if isinstance(model, PeftModel):
+        source = source_adapter(cfg)
+        if plan.continues_adapter:
+            logger.info("continuing to train the adapter of %s (its own r, alpha, targets)", source)
+            use_fast_lora_dropout(model)
+            return model
+        if plan.quantization_bit:
+            raise ConfigError(
+                f"key 'model': starting stage {plan.stage} from {source} folds its adapter into "
+                f"{plan.quantization_bit}-bit weights, which loses it to rounding; merge it "
+                "first (llamaforge export merge) and train on the merged model"
+            )
+        logger.info(
+            "folding the adapter of %s into the base; stage %s attaches a new one",
+            source,
+            plan.stage,
+        )
+        model = model.merge_and_unload()
     # The Trainer seeds only after the adapter exists; seed its initialisation too, or
     # LoRA A / prompt embeddings depend on whatever drew random numbers earlier.
     set_seed(cfg.training.seed)

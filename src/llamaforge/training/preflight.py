@@ -88,7 +88,9 @@ def _data_line(trainer: Trainer) -> tuple[str, int, str]:
         micro_batches = args.max_steps * args.gradient_accumulation_steps
         line = f"  data: streamed from disk / {num_val} validation examples"
         return line, micro_batches, f"the {args.max_steps} steps"
-    tokens = sum(len(ids) for ids in dataset["input_ids"])
+    # Every token column: input_ids, or a preference stage's chosen_ids + rejected_ids.
+    id_columns = [c for c in dataset.column_names if c == "input_ids" or c.endswith("_ids")]
+    tokens = sum(len(ids) for c in id_columns for ids in dataset[c])
     micro_batches = math.ceil(len(dataset) / (args.per_device_train_batch_size * args.world_size))
     line = (
         f"  data: {len(dataset)} train / {num_val} validation examples, {tokens} tokens per epoch"
