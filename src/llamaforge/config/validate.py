@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from llamaforge.config.finetuning import FINETUNING
-from llamaforge.config.sections import GenerationConfig, RunConfig, SFTConfig
+from llamaforge.config.sections import (
+    DPOConfig,
+    GenerationConfig,
+    KTOConfig,
+    ORPOConfig,
+    RunConfig,
+    SFTConfig,
+    SimPOConfig,
+)
 from llamaforge.config.stages import STAGES
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -15,7 +23,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "flash_attention_3",
         "flex_attention",
     ),
-    "format": ("alpaca", "sharegpt", "openai", "csv", "text", "preference"),
+    "format": ("alpaca", "sharegpt", "openai", "csv", "text", "preference", "feedback"),
     "finetuning": tuple(FINETUNING),
     "lr_scheduler_type": (
         "linear",
@@ -153,5 +161,55 @@ def validate_run_config(cfg: RunConfig) -> list[str]:
         and cfg.options.neftune_noise_alpha <= 0
     ):
         errors.append("key 'neftune_noise_alpha': must be > 0")
+    errors.extend(validate_preference(cfg))
     errors.extend(validate_generation(cfg.generation))
+    return errors
+
+
+PREF_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+def validate_preference(cfg: RunConfig) -> list[str]:
+    """The preference stages' options, and the shared settings they cannot use."""
+    options, errors = cfg.options, list[str]()
+    if not isinstance(options, DPOConfig | KTOConfig | ORPOConfig | SimPOConfig):
+        return errors
+    if cfg.data.group_by_length:
+        errors.append(
+            f"key 'group_by_length': stage {cfg.training.stage} batches pairs in their own "
+            "collator and has no length column; remove group_by_length"
+        )
+    if cfg.finetuning.finetuning in ("prefix", "prompt"):
+        errors.append(
+            f"key 'finetuning': {cfg.finetuning.finetuning} is not supported by stage "
+            f"{cfg.training.stage} (TRL's preference trainers score positions that virtual "
+            "tokens shift); use lora, qlora, freeze or full"
+        )
+    positive = {
+        DPOConfig: ("beta",),
+        KTOConfig: ("kto_beta", "desirable_weight", "undesirable_weight"),
+        ORPOConfig: ("orpo_beta",),
+        SimPOConfig: ("simpo_beta",),
+    }[type(options)]
+    errors.extend(
+        f"key '{key}': must be > 0, got {getattr(options, key)}"
+        for key in positive
+        if getattr(options, key) <= 0
+    )
+    if isinstance(options, DPOConfig):
+        if options.pref_loss not in PREF_LOSSES:
+            errors.append(
+                f"key 'pref_loss': '{options.pref_loss}' is not one of: {', '.join(PREF_LOSSES)}"
+            )
+        elif options.label_smoothing and options.pref_loss != "robust":
+            # TRL 1.16 reads label_smoothing only in robust/exo/aot losses: with sigmoid, ipo
+            # or hinge it would be accepted and silently ignored.
+            errors.append(
+                f"key 'label_smoothing': pref_loss {options.pref_loss} ignores it; "
+                "set pref_loss: robust (robust DPO) or label_smoothing: 0"
+            )
+        if not 0 <= options.label_smoothing < 0.5:
+            errors.append(
+                f"key 'label_smoothing': must be in [0, 0.5), got {options.label_smoothing}"
+            )
     return errors

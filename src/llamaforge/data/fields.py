@@ -78,6 +78,7 @@ DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
     "messages": ("conversations", "messages"),
     "chosen": ("chosen",),
     "rejected": ("rejected",),
+    "kto_tag": ("label", "kto_tag"),
     "text": ("text", "content"),
 }
 CSV_FIELDS: dict[str, tuple[str, ...]] = {

@@ -13,7 +13,9 @@ a rejected answer) or :class:`TextDocument` (pretraining text). Formats:
   prompt, answer|output|response → response);
 - ``text``: ``.txt`` blocks separated by blank lines, or ``{text}`` records;
 - ``preference``: ``prompt``/``chosen``/``rejected`` (strings or messages) and
-  LLaMA-Factory's ``conversations`` + ``chosen``/``rejected`` turn objects.
+  LLaMA-Factory's ``conversations`` + ``chosen``/``rejected`` turn objects;
+- ``feedback`` (KTO): ``messages`` ending with the answer, and a boolean ``label``
+  (LLaMA-Factory's ``kto_tag`` column).
 
 ``columns`` renames fields (LLaMA-Factory names: prompt, query, response, history,
 system, messages, chosen, rejected, text); ``tags`` renames ShareGPT role keys. The
@@ -47,6 +49,7 @@ from llamaforge.data.files import CSV_SUFFIXES, TEXT_SUFFIXES, Row, json_kind, r
 from llamaforge.data.records import (
     ROLES,
     Conversation,
+    Feedback,
     Message,
     Preference,
     Record,
@@ -59,6 +62,7 @@ __all__ = [
     "FORMATS",
     "ROLES",
     "Conversation",
+    "Feedback",
     "Message",
     "Preference",
     "Record",
@@ -264,6 +268,28 @@ def read_preference(
     return records
 
 
+def read_feedback(
+    rows: Sequence[Row], columns: Mapping[str, str], tags: Tags | None = None
+) -> list[Record]:
+    """KTO's binary feedback: a chat whose last turn is the answer, and its boolean label."""
+    records: list[Record] = []
+    for row, source in rows:
+        (chat,) = read_chat([(row, source)], columns, tags, default_tags=Tags())
+        assert isinstance(chat, Conversation)  # read_chat makes nothing else
+        key = field_name(row, "kto_tag", columns)
+        if key is None or key not in row:
+            raise missing_field(source, "kto_tag", [columns.get("kto_tag", "label")], row)
+        label = row[key]
+        if not isinstance(label, bool):
+            raise DataError(
+                f"{source}: field '{key}' must be true (a desirable answer) or false, "
+                f"got {json_kind(label)}"
+            )
+        *prompt, answer = chat.messages
+        records.append(Feedback(tuple(prompt), answer.content, label, source))
+    return records
+
+
 Reader = Callable[[Sequence[Row], Mapping[str, str], "Tags | None"], list[Record]]
 
 FORMATS: dict[str, Reader] = {
@@ -273,6 +299,7 @@ FORMATS: dict[str, Reader] = {
     "csv": read_csv,
     "text": read_text_documents,
     "preference": read_preference,
+    "feedback": read_feedback,
 }
 
 
@@ -293,6 +320,8 @@ def detect_format(path: Path, row: Mapping[str, Any], columns: Mapping[str, str]
 
     if has("chosen") and has("rejected"):
         return "preference"
+    if has("messages") and has("kto_tag"):
+        return "feedback"
     if has("messages"):
         name = field_name(row, "messages", columns)
         turns = row.get(name or "")
@@ -367,6 +396,6 @@ def read_records(
 def _add_system(record: Record, system: str) -> Record:
     if isinstance(record, Conversation):
         return replace(record, messages=tuple(with_system(list(record.messages), system)))
-    if isinstance(record, Preference):
+    if isinstance(record, Preference | Feedback):
         return replace(record, prompt=tuple(with_system(list(record.prompt), system)))
     return record

@@ -2,6 +2,7 @@
 
 Contract: :class:`Conversation` (optional system message first, then user/assistant
 turns), :class:`Preference` (prompt messages, a chosen and a rejected answer) and
+:class:`Feedback` (prompt messages, one answer and a desirable/undesirable label, KTO) and
 :class:`TextDocument` (pretraining text). All are frozen; ``source`` says where a record
 came from (``data.json: record 12 (line 57)``) for error messages.
 """
@@ -44,9 +45,20 @@ class Preference:
 
 
 @dataclass(frozen=True)
+class Feedback:
+    """KTO's binary feedback: one answer to a prompt, labelled desirable or not."""
+
+    prompt: tuple[Message, ...]
+    completion: str
+    label: bool
+    """True: a desirable answer."""
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class TextDocument:
     text: str
     source: str = ""
 
 
-Record = Conversation | Preference | TextDocument
+Record = Conversation | Preference | Feedback | TextDocument

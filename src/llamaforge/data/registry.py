@@ -85,6 +85,9 @@ def _format_of(entry: Mapping[str, Any], where: str) -> str | None:
     formatting = entry.get("formatting", entry.get("format"))
     if entry.get("ranking"):
         return "preference"
+    columns = entry.get("columns")
+    if isinstance(columns, dict) and "kto_tag" in columns:
+        return "feedback"  # LLaMA-Factory's KTO entries say `formatting: sharegpt`
     if formatting is None:
         return None  # detect from the file (LLaMA-Factory's default `alpaca` covers text too)
     if formatting not in FORMATS:

@@ -263,10 +263,15 @@ def training_arguments(
 
 
 def stage_callbacks(
-    cfg: RunConfig, plan: RunPlan, fingerprint: dict[str, Any], *, log_perplexity: bool
+    cfg: RunConfig,
+    plan: RunPlan,
+    fingerprint: dict[str, Any],
+    *,
+    log_perplexity: bool,
+    log_metrics: tuple[str, ...] = (),
 ) -> tuple[RunLogCallback, InterruptCallback, list[Any]]:
     """The log/progress callback, the Ctrl-C callback, and every callback to add."""
-    log = RunLogCallback(plan.run_dir, log_perplexity=log_perplexity)
+    log = RunLogCallback(plan.run_dir, log_perplexity=log_perplexity, log_metrics=log_metrics)
     interrupt = InterruptCallback()
     callbacks: list[Any] = [log, CheckpointMarkerCallback(plan.run_dir, fingerprint), interrupt]
     if cfg.training.early_stopping_patience:
@@ -274,18 +279,26 @@ def stage_callbacks(
     return log, interrupt, callbacks
 
 
-def run_stage(trainer: Any, cfg: RunConfig, plan: RunPlan, *, log_perplexity: bool = False) -> None:
+def run_stage(
+    trainer: Any,
+    cfg: RunConfig,
+    plan: RunPlan,
+    *,
+    log_perplexity: bool = False,
+    log_metrics: tuple[str, ...] = (),
+) -> None:
     """Train ``trainer`` into the run directory: resume exactly (refusing a changed config or
     data), log to trainer_log.jsonl + loss.png with one progress bar, save a resumable
     checkpoint on Ctrl-C/SIGTERM, print the pre-flight estimate, use the CPU fast paths,
-    then save the model and write summary.json."""
+    then save the model and write summary.json. ``log_metrics``: name prefixes of the
+    trainer's own metrics to log too (``rewards/`` logs rewards/margins, eval_rewards/...)."""
     run_dir = plan.run_dir
     data_hash = rundir.hash_examples(trainer.train_dataset)
     fingerprint = rundir.run_fingerprint(cfg, data_hash)
     checkpoint = rundir.resolve_resume(run_dir, plan.resume, fingerprint)
     check_world_size(trainer.args.world_size)
     log, interrupt, callbacks = stage_callbacks(
-        cfg, plan, fingerprint, log_perplexity=log_perplexity
+        cfg, plan, fingerprint, log_perplexity=log_perplexity, log_metrics=log_metrics
     )
     for callback in callbacks:
         trainer.add_callback(callback)

@@ -7,10 +7,12 @@ state restored, so the run that follows is exactly the one without the estimate.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import time
+from typing import Any
 
 import torch
 from transformers import Trainer
@@ -36,9 +38,31 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+# What TRL's trainers accumulate in compute_loss for their next log line (metrics, token
+# counts): saved and put back around the calibration so it never shows in the logs.
+_TRL_LOG_STATE = ("_metrics", "_stored_metrics", "_total_train_tokens")
+
+
+def epoch_tokens(dataset: Any) -> int:
+    """Tokens the model reads per epoch: ``input_ids`` (sft, pt), or every preference
+    sequence (the prompt with each answer: DPO's two, KTO's one; ORPO/CPO's full rows)."""
+    columns = dataset.column_names
+    if "input_ids" in columns:
+        return sum(len(ids) for ids in dataset["input_ids"])
+    answers = [c for c in ("chosen_ids", "rejected_ids", "completion_ids") if c in columns]
+    if "prompt_ids" in columns:
+        prompts = sum(len(ids) for ids in dataset["prompt_ids"]) * len(answers)
+        return prompts + sum(len(ids) for c in answers for ids in dataset[c])
+    rows = [c for c in ("chosen_input_ids", "rejected_input_ids") if c in columns]
+    return sum(len(ids) for c in rows for ids in dataset[c])
+
+
 def _calibrate(trainer: Trainer, precision: str, batches: int = 2) -> float:
     """Seconds per micro-batch (forward + backward) measured on the first examples."""
     model, args = trainer.model, trainer.args
+    log_state = {
+        k: copy.deepcopy(getattr(trainer, k)) for k in _TRL_LOG_STATE if hasattr(trainer, k)
+    }
     dataset = trainer.train_dataset
     size = min(args.per_device_train_batch_size, len(dataset))
     device = next(model.parameters()).device
@@ -68,6 +92,8 @@ def _calibrate(trainer: Trainer, precision: str, batches: int = 2) -> float:
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+        for key, value in log_state.items():
+            setattr(trainer, key, value)
     return seconds
 
 
@@ -82,7 +108,7 @@ def print_preflight(
     args = trainer.args
     num_train = len(trainer.train_dataset)
     num_val = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
-    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    tokens = epoch_tokens(trainer.train_dataset)
     micro_batches = math.ceil(num_train / (args.per_device_train_batch_size * args.world_size))
     steps_per_epoch = max(1, micro_batches // args.gradient_accumulation_steps)
     seconds_per_micro = _calibrate(trainer, precision)
