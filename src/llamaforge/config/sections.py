@@ -73,7 +73,8 @@ class DataConfig:
     group_by_length: bool = False
     """Batch records of similar length together (less padding when packing is off)."""
     packing: bool = True
-    """Pack several examples into one row without cross-attention (padding-free)."""
+    """Pack several examples into one row without cross-attention (padding-free). Stage
+    dpo: each pair in one row, its prompt computed once for both answers."""
 
 
 @dataclass(frozen=True)

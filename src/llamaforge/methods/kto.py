@@ -30,7 +30,7 @@ from llamaforge.training.preference import (
     frozen_copy,
 )
 
-METRICS = ("rewards/", "logps/", "kl", "count/")
+METRICS = ("rewards/", "logps/", "kl")
 
 
 def run_kto(cfg: RunConfig) -> Path:
