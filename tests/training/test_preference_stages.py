@@ -51,8 +51,9 @@ def test_stage_raises_the_held_out_margin(
     )
     run_dir = run_training(cfg)
     before, after = held_out_margins(run_dir)
-    assert after > before + 0.02, read_log(run_dir)
-    assert all("rewards/margins" in r for r in read_log(run_dir) if "loss" in r)
+    assert after > before + 0.005, read_log(run_dir)  # ORPO: beta 0.1 × mean log-prob
+    # KTO logs a margin only for micro-batches holding both kinds of answer.
+    assert any("rewards/margins" in r for r in read_log(run_dir) if "loss" in r)
     changed = capture_attach.changed()
     assert changed and all("lora_" in name for name in changed)
     summary = json.loads((run_dir / "summary.json").read_text())
