@@ -221,10 +221,13 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        results = {name: run_side(name, args, Path(tmp) / name) for name in ("trl", "ours")}
+        results = {}
+        for name in ("trl", "ours"):  # each side's figures as soon as it is done
+            results[name] = run_side(name, args, Path(tmp) / name)
+            print(name, json.dumps(results[name]), flush=True)
         for name in ("trl", "ours"):
             results[name]["eval"] = evaluate(Path(tmp) / name, args.micro_batch, args.cutoff)
-            print(name, json.dumps(results[name]), flush=True)
+            print(name, "held-out", json.dumps(results[name]["eval"]), flush=True)
         a, b = results["trl"], results["ours"]
         report: dict[str, Any] = {
             "steps": args.steps,
