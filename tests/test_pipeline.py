@@ -144,3 +144,46 @@ def test_pipeline_errors_name_the_line(tmp_path, text, message):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         run_pipeline(path)
+
+
+def test_extend_then_pretrain_the_new_token_rows(tiny_model_dir, tmp_path):
+    corpus = Path(__file__).parent / "models" / "fixtures" / "zh_corpus.txt"
+    pipeline = tmp_path / "zh.yaml"
+    pipeline.write_text(
+        json.dumps(
+            {
+                "output_dir": str(tmp_path / "zh"),
+                "stages": [
+                    {
+                        "name": "extend",
+                        "tokenizer_extend": {
+                            "model": str(tiny_model_dir),
+                            "corpus": [str(corpus)],
+                            "add": 50,
+                        },
+                    },
+                    {
+                        "name": "pt",
+                        "train": {
+                            "stage": "pt",
+                            "model": "@extend",
+                            "train_new_tokens": True,
+                            "dataset": [str(corpus)],
+                            "cutoff_len": 32,
+                            "micro_batch_size": 2,
+                            "batch_size": 2,
+                            "max_steps": 2,
+                            "precision": "fp32",
+                        },
+                    },
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    output = run_pipeline(pipeline)
+    assert json.loads((output / "extend" / "config.json").read_text())["vocab_size"] == 49202
+    adapter = _adapter(output / "pt")
+    rows = [k for k in adapter if "trainable_tokens" in k]
+    assert rows and all(adapter[k].shape[0] == 50 for k in rows)
+    assert list(json.loads((output / STATE_FILE).read_text())["completed"]) == ["extend", "pt"]

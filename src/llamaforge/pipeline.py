@@ -2,7 +2,8 @@
 
 A pipeline file names an ``output_dir`` and a list of ``stages``; each stage has a ``name``
 and one step: ``train`` (the keys of a ``llamaforge train`` config, optionally on top of a
-``config:`` file) or another kind from ``STEPS``. Stage ``NAME`` writes ``<output_dir>/NAME``
+``config:`` file) or ``tokenizer_extend`` (``model``, ``corpus``, ``add``, optional
+``heldout`` and ``min_frequency``, as ``llamaforge tokenizer extend`` takes them). Stage ``NAME`` writes ``<output_dir>/NAME``
 and any string value ``@NAME`` in a later stage is that directory, so a stage trains on the
 run directory of the one before it::
 
@@ -51,12 +52,12 @@ class Stage:
     line: int
 
 
-def _train(pipeline: Path, stage: Stage, output: Path) -> None:
-    """A training stage: a RunConfig from the stage's keys, resumed when interrupted."""
+def _train_step(pipeline: Path, stage: Stage, output: Path) -> Callable[[], object]:
+    """A training stage: its RunConfig (validated now), run resumably when called."""
     settings = dict(stage.settings)
     base = settings.pop("config", None)
     if base is not None:
-        base = Path(base) if Path(base).is_absolute() else _relative(pipeline, base)
+        base = _relative(pipeline, base)
     for key in ("output_dir", "resume_from_checkpoint"):
         if key in settings:
             raise ConfigError(
@@ -66,13 +67,60 @@ def _train(pipeline: Path, stage: Stage, output: Path) -> None:
     settings["output_dir"] = str(output)
     settings["resume_from_checkpoint"] = "auto"  # a fresh directory starts from scratch
     cfg = run_config_from_mapping(settings, str(pipeline), stage.lines, base=base)
-    from llamaforge.methods import run_training
 
-    run_training(cfg)
+    def run() -> object:
+        from llamaforge.methods import run_training
+
+        return run_training(cfg)
+
+    return run
 
 
-STEPS: dict[str, Callable[[Path, Stage, Path], None]] = {"train": _train}
-"""Step kinds: a stage's key naming its kind → the function that runs it into a directory."""
+_EXTEND_KEYS = {"model", "corpus", "add", "heldout", "min_frequency"}
+
+
+def _extend_step(pipeline: Path, stage: Stage, output: Path) -> Callable[[], object]:
+    """A vocabulary extension (``llamaforge tokenizer extend``) into the stage's directory;
+    an interrupted one starts again (its output appears only when complete)."""
+    settings = stage.settings
+    unknown = sorted(set(settings) - _EXTEND_KEYS)
+    missing = sorted({"model", "corpus", "add"} - set(settings))
+    if unknown or missing:
+        raise ConfigError(
+            f"{pipeline}:{stage.line}: stage '{stage.name}': tokenizer_extend takes "
+            f"{', '.join(sorted(_EXTEND_KEYS))}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+        )
+
+    def paths(key: str) -> list[Path]:
+        value = settings.get(key) or []
+        return [_relative(pipeline, v) for v in ([value] if isinstance(value, str) else value)]
+
+    def run() -> object:
+        from llamaforge.export.extend import extend_model
+
+        report = extend_model(
+            str(settings["model"]),
+            paths("corpus"),
+            int(settings["add"]),
+            output,
+            heldout=paths("heldout"),
+            min_frequency=int(settings.get("min_frequency", 2)),
+            overwrite=True,
+        )
+        logger.info("%s", report.summary())
+        return report
+
+    return run
+
+
+STEPS: dict[str, Callable[[Path, Stage, Path], Callable[[], object]]] = {
+    "train": _train_step,
+    "tokenizer_extend": _extend_step,
+}
+"""Step kinds: a stage's key naming its kind → a function that checks the stage's settings
+(raising ConfigError) and returns the call that runs it into its directory."""
 
 
 def _relative(pipeline: Path, value: str) -> Path:
@@ -162,37 +210,37 @@ def _read_state(output_dir: Path) -> dict[str, str]:
 
 
 def run_pipeline(path: str | Path, *, dry_run: bool = False) -> Path:
-    """Run every stage of the pipeline file in order; returns its output directory."""
+    """Run every stage of the pipeline file in order; returns its output directory. Every
+    stage's settings are checked before the first one runs (a typo in the last stage must
+    not wait for hours of training to surface)."""
     path = Path(path)
     output_dir, stages = read_pipeline(path)
     completed = _read_state(output_dir)
     outputs: dict[str, Path] = {}
-    for number, stage in enumerate(stages, start=1):
+    planned = []
+    for stage in stages:
         where = f"{path}:{stage.line}"
-        stage = Stage(
-            stage.name,
-            stage.kind,
-            _resolve_refs(stage.settings, outputs, where),
-            stage.lines,
-            stage.line,
-        )
+        settings = _resolve_refs(stage.settings, outputs, where)
+        stage = Stage(stage.name, stage.kind, settings, stage.lines, stage.line)
         output = output_dir / stage.name
         outputs[stage.name] = output
         fingerprint = _fingerprint(stage)
+        if stage.name in completed and completed[stage.name] != fingerprint:
+            raise ConfigError(
+                f"{where}: stage '{stage.name}' finished with other settings; delete "
+                f"{output} (and the stages after it) and its entry in "
+                f"{output_dir / STATE_FILE} to run it again"
+            )
+        planned.append((stage, output, fingerprint, STEPS[stage.kind](path, stage, output)))
+    for number, (stage, output, fingerprint, run) in enumerate(planned, start=1):
         header = f"stage {number}/{len(stages)} '{stage.name}' ({stage.kind}) → {output}"
         if stage.name in completed:
-            if completed[stage.name] != fingerprint:
-                raise ConfigError(
-                    f"{where}: stage '{stage.name}' finished with other settings; delete "
-                    f"{output} (and the stages after it) and its entry in "
-                    f"{output_dir / STATE_FILE} to run it again"
-                )
             logger.info("%s: complete, skipped", header)
             continue
         logger.info("%s%s", header, " (dry run)" if dry_run else "")
         if dry_run:
             continue
-        STEPS[stage.kind](path, stage, output)
+        run()
         completed[stage.name] = fingerprint
         output_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_atomic(

@@ -46,7 +46,8 @@ class DataConfig:
     dataset_dir: str | None = None
     """Directory holding ``dataset_info.json`` (registry); default: next to the config."""
     format: str | None = None
-    """Force the input format: alpaca | sharegpt | openai | csv | text | preference | kto."""
+    """Force the input format: alpaca | sharegpt | openai | csv | text | preference |
+    kto (KTO feedback: messages + a boolean label)."""
     columns: dict[str, str] | None = None
     """Column mapping for CSV/TSV (or renamed JSON fields), e.g. ``{prompt: question,
     response: answer}``."""
@@ -74,7 +75,8 @@ class DataConfig:
     group_by_length: bool = False
     """Batch records of similar length together (less padding when packing is off)."""
     packing: bool = True
-    """Pack several examples into one row without cross-attention (padding-free)."""
+    """Pack several examples into one row without cross-attention (padding-free). Stage
+    dpo: each pair in one row, its prompt computed once for both answers."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,9 @@ class FinetuningConfig:
 class TrainingConfig:
     stage: str = "sft"
     """Training stage: sft (supervised fine-tuning) | pt (continued pretraining on raw text)
-    | rm (reward model on preference pairs).
-    Options that only one stage uses live in that stage's own section (``sft:``, ``pt:``)."""
+    | rm (reward model on preference pairs) | dpo | kto | orpo | simpo (preference
+    training). Options that only one stage uses live in that stage's own section (``sft:``,
+    ``pt:``, ...)."""
     output_dir: str | None = None
     """Run directory; default ``runs/<stage>-<timestamp>``."""
     batch_size: int = 16
@@ -230,6 +233,45 @@ class RewardModelConfig:
     center_rewards_coefficient: float | None = None
     """Add this times the mean squared reward to the loss, so rewards stay centred on zero
     (Eisenstein et al. 2023; 0.01 is the usual value). Unset: no centring term."""
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    pref_loss: str = "sigmoid"
+    """Preference loss: sigmoid (DPO) | ipo | hinge | robust (robust DPO: ``label_smoothing``
+    is the assumed share of flipped labels)."""
+    beta: float = 0.1
+    """How far the policy may move from the reference: higher keeps it closer (IPO's tau)."""
+    label_smoothing: float = 0.0
+    """pref_loss robust: the probability that a pair's preference is flipped, in [0, 0.5)."""
+    precompute_ref_log_probs: bool = False
+    """Score every pair with the reference once before training instead of at every step;
+    with full fine-tuning this avoids a second copy of the model in memory."""
+
+
+@dataclass(frozen=True)
+class KTOConfig:
+    kto_beta: float = 0.1
+    """KTO's beta: how far the policy may move from the reference."""
+    desirable_weight: float = 1.0
+    """Weight of the loss on desirable (``label: true``) answers."""
+    undesirable_weight: float = 1.0
+    """Weight of the loss on undesirable (``label: false``) answers. With unbalanced data,
+    keep desirable_weight × desirable count ≈ undesirable_weight × undesirable count."""
+
+
+@dataclass(frozen=True)
+class ORPOConfig:
+    orpo_beta: float = 0.1
+    """ORPO's lambda: weight of the odds-ratio term next to the chosen answers' NLL loss."""
+
+
+@dataclass(frozen=True)
+class SimPOConfig:
+    simpo_beta: float = 2.0
+    """SimPO's beta: scale of the length-normalised log-probability reward."""
+    simpo_gamma: float = 0.5
+    """SimPO's target reward margin (gamma) between chosen and rejected answers."""
 
 
 SECTIONS: dict[str, type] = {

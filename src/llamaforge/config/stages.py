@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llamaforge.config.sections import PretrainConfig, RewardModelConfig, SFTConfig
+from llamaforge.config.sections import (
+    DPOConfig,
+    KTOConfig,
+    ORPOConfig,
+    PretrainConfig,
+    RewardModelConfig,
+    SFTConfig,
+    SimPOConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -37,5 +45,25 @@ STAGES: dict[str, Stage] = {
         "reward model: a one-output score head trained on preference pairs (pairwise loss)",
         RewardModelConfig,
         "llamaforge.methods.rm:run_rm",
+    ),
+    "dpo": Stage(
+        "direct preference optimisation on chosen/rejected pairs (sigmoid, ipo, hinge, robust)",
+        DPOConfig,
+        "llamaforge.methods.dpo:run_dpo",
+    ),
+    "kto": Stage(
+        "KTO on answers labelled desirable or not (or on pairs, split into two answers)",
+        KTOConfig,
+        "llamaforge.methods.kto:run_kto",
+    ),
+    "orpo": Stage(
+        "ORPO on pairs: NLL on the chosen answer plus an odds-ratio term, no reference model",
+        ORPOConfig,
+        "llamaforge.methods.orpo:run_orpo",
+    ),
+    "simpo": Stage(
+        "SimPO on pairs: length-normalised rewards with a target margin, no reference model",
+        SimPOConfig,
+        "llamaforge.methods.simpo:run_simpo",
     ),
 }

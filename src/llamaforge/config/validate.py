@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from llamaforge.config.finetuning import FINETUNING
-from llamaforge.config.sections import GenerationConfig, PretrainConfig, RunConfig, SFTConfig
+from llamaforge.config.sections import (
+    DPOConfig,
+    GenerationConfig,
+    KTOConfig,
+    ORPOConfig,
+    PretrainConfig,
+    RunConfig,
+    SFTConfig,
+    SimPOConfig,
+)
 from llamaforge.config.stages import STAGES
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -166,6 +175,7 @@ def validate_run_config(cfg: RunConfig) -> list[str]:
                 f"key 'train_new_tokens': needs finetuning lora or qlora (finetuning "
                 f"{ft.finetuning} {'trains every row already' if ft.finetuning == 'full' else 'has no LoRA'})"
             )
+    errors.extend(validate_preference(cfg))
     errors.extend(validate_generation(cfg.generation))
     return errors
 
@@ -184,4 +194,53 @@ def _streaming_errors(cfg: RunConfig) -> list[str]:
         )
     if cfg.data.group_by_length:
         errors.append("key 'group_by_length': cannot sort a stream by length; remove it")
+    return errors
+
+
+PREF_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+def validate_preference(cfg: RunConfig) -> list[str]:
+    """The preference stages' options, and the shared settings they cannot use."""
+    options, errors = cfg.options, list[str]()
+    if not isinstance(options, DPOConfig | KTOConfig | ORPOConfig | SimPOConfig):
+        return errors
+    if cfg.data.group_by_length:
+        errors.append(
+            f"key 'group_by_length': stage {cfg.training.stage} batches pairs in their own "
+            "collator and has no length column; remove group_by_length"
+        )
+    if cfg.finetuning.finetuning in ("prefix", "prompt"):
+        errors.append(
+            f"key 'finetuning': {cfg.finetuning.finetuning} is not supported by stage "
+            f"{cfg.training.stage} (TRL's preference trainers score positions that virtual "
+            "tokens shift); use lora, qlora, freeze or full"
+        )
+    positive = {
+        DPOConfig: ("beta",),
+        KTOConfig: ("kto_beta", "desirable_weight", "undesirable_weight"),
+        ORPOConfig: ("orpo_beta",),
+        SimPOConfig: ("simpo_beta",),
+    }[type(options)]
+    errors.extend(
+        f"key '{key}': must be > 0, got {getattr(options, key)}"
+        for key in positive
+        if getattr(options, key) <= 0
+    )
+    if isinstance(options, DPOConfig):
+        if options.pref_loss not in PREF_LOSSES:
+            errors.append(
+                f"key 'pref_loss': '{options.pref_loss}' is not one of: {', '.join(PREF_LOSSES)}"
+            )
+        elif options.label_smoothing and options.pref_loss != "robust":
+            # TRL 1.16 reads label_smoothing only in robust/exo/aot losses: with sigmoid, ipo
+            # or hinge it would be accepted and silently ignored.
+            errors.append(
+                f"key 'label_smoothing': pref_loss {options.pref_loss} ignores it; "
+                "set pref_loss: robust (robust DPO) or label_smoothing: 0"
+            )
+        if not 0 <= options.label_smoothing < 0.5:
+            errors.append(
+                f"key 'label_smoothing': must be in [0, 0.5), got {options.label_smoothing}"
+            )
     return errors

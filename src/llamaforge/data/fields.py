@@ -78,8 +78,8 @@ DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
     "messages": ("conversations", "messages"),
     "chosen": ("chosen",),
     "rejected": ("rejected",),
-    "text": ("text", "content"),
     "kto_tag": ("label", "kto_tag"),
+    "text": ("text", "content"),
 }
 CSV_FIELDS: dict[str, tuple[str, ...]] = {
     "prompt": ("question", "instruction", "prompt"),

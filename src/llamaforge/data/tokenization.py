@@ -31,7 +31,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from llamaforge.config.sections import DataConfig
-from llamaforge.data.formats import Conversation, Message, Preference, Record, TextDocument
+from llamaforge.data.formats import (
+    Conversation,
+    Feedback,
+    Message,
+    Preference,
+    Record,
+    TextDocument,
+)
 from llamaforge.data.templates import (
     ChatTemplate,
     PromptTemplate,
@@ -168,6 +175,19 @@ def encode_prompt(
     return example["input_ids"]
 
 
+def _render_answer(
+    prompt: Sequence[Message], answer: str, tokenizer: Any, template: Template, source: str
+) -> tuple[str, str]:
+    """(prompt text, answer text): the answer with its end-of-turn text or EOS, the prompt
+    everything before it (history included); what follows the answer is left out."""
+    messages = (*prompt, Message("assistant", answer))
+    segments = render_segments(template, messages, tokenizer, source=source)
+    eos = tokenizer.eos_token or ""
+    texts = [s.text + (eos if s.eos else "") for s in segments]
+    last_trained = max(i for i, s in enumerate(segments) if s.trained)
+    return "".join(texts[:last_trained]), texts[last_trained]
+
+
 def render_preference(
     pref: Preference,
     tokenizer: Any,
@@ -179,14 +199,38 @@ def render_preference(
     template = get_template(template, templates_dir) if isinstance(template, str) else template
     out: dict[str, str] = {}
     for key, answer in (("chosen", pref.chosen), ("rejected", pref.rejected)):
-        messages = (*pref.prompt, Message("assistant", answer))
-        segments = render_segments(template, messages, tokenizer, source=pref.source)
-        eos = tokenizer.eos_token or ""
-        texts = [s.text + (eos if s.eos else "") for s in segments]
-        last_trained = max(i for i, s in enumerate(segments) if s.trained)
-        out["prompt"] = "".join(texts[:last_trained])
-        out[key] = texts[last_trained]
+        out["prompt"], out[key] = _render_answer(
+            pref.prompt, answer, tokenizer, template, pref.source
+        )
     return out
+
+
+def render_feedback(
+    feedback: Feedback,
+    tokenizer: Any,
+    template: str | Template,
+    templates_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """A KTO record as TRL's unpaired texts: prompt, completion (with its end-of-turn text
+    or EOS) and label."""
+    template = get_template(template, templates_dir) if isinstance(template, str) else template
+    prompt, completion = _render_answer(
+        feedback.prompt, feedback.completion, tokenizer, template, feedback.source
+    )
+    return {"prompt": prompt, "completion": completion, "label": feedback.desirable}
+
+
+def encode_answer(
+    prompt: Sequence[Message], answer: str, tokenizer: Any, template: str | Template
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) exactly as SFT tokenizes the conversation (BOS for prompt
+    templates, each segment on its own): the reference preference trainers are checked
+    against."""
+    conv = Conversation((*prompt, Message("assistant", answer)))
+    example = tokenize_conversation(conv, tokenizer, template, cutoff_len=1 << 62)
+    trained = [i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX]
+    ids = example["input_ids"]
+    return ids[: trained[0]], ids[trained[0] : trained[-1] + 1]
 
 
 # ---------------------------------------------------------------------------- batches
@@ -222,6 +266,8 @@ def cache_key(
             h.update(repr([(m.role, m.content, m.input) for m in record.messages]).encode())
         elif isinstance(record, TextDocument):
             h.update(repr(("text", record.text)).encode())
+        elif isinstance(record, Feedback):
+            h.update(repr((record.prompt, record.completion, record.desirable)).encode())
         else:
             h.update(repr(replace(record, source="")).encode())
     return h.hexdigest()[:32]
@@ -261,8 +307,9 @@ def tokenize_batch(
             segments = [Segment(record.text, True)]
         elif isinstance(record, Preference):
             raise DataError(
-                f"{record.source}: a preference pair (prompt/chosen/rejected) cannot be used for "
-                "supervised fine-tuning; use a preference stage (reward model, DPO) or an SFT dataset"
+                f"{record.source}: preference data (a chosen/rejected pair or a labelled answer) "
+                "cannot be used for supervised fine-tuning; use a preference stage (stage: dpo, "
+                "kto, orpo, simpo) or an SFT dataset"
             )
         else:
             raise DataError(

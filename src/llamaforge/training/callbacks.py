@@ -31,10 +31,17 @@ class RunLogCallback(TrainerCallback):
     """Appends each log event to trainer_log.jsonl, redraws loss.png, shows a progress bar."""
 
     def __init__(
-        self, run_dir: Path, plot_every_s: float = 10.0, *, log_perplexity: bool = False
+        self,
+        run_dir: Path,
+        plot_every_s: float = 10.0,
+        *,
+        log_perplexity: bool = False,
+        log_metrics: tuple[str, ...] = (),
     ) -> None:
         self.run_dir = run_dir
         self.log_perplexity = log_perplexity
+        # A stage's own metrics (TRL's rewards/margins, ...), training and evaluation ones.
+        self.metric_prefixes = (*log_metrics, *(f"eval_{p}" for p in log_metrics))
         self.plot_every_s = plot_every_s
         self._last_plot = 0.0
         self._bar: tqdm | None = None
@@ -73,6 +80,8 @@ class RunLogCallback(TrainerCallback):
             return
         record: dict[str, Any] = {"step": state.global_step}
         record.update({k: logs[k] for k in _LOGGED_KEYS if k in logs})
+        if self.metric_prefixes:
+            record.update({k: v for k, v in logs.items() if k.startswith(self.metric_prefixes)})
         if "loss" not in record and "eval_loss" not in record:
             return  # the end-of-training summary log; summary.json holds it
         if self.log_perplexity and "eval_loss" in record:

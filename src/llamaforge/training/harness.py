@@ -318,10 +318,15 @@ def training_arguments(
 
 
 def stage_callbacks(
-    cfg: RunConfig, plan: RunPlan, fingerprint: dict[str, Any], *, log_perplexity: bool
+    cfg: RunConfig,
+    plan: RunPlan,
+    fingerprint: dict[str, Any],
+    *,
+    log_perplexity: bool,
+    log_metrics: tuple[str, ...] = (),
 ) -> tuple[RunLogCallback, InterruptCallback, list[Any]]:
     """The log/progress callback, the Ctrl-C callback, and every callback to add."""
-    log = RunLogCallback(plan.run_dir, log_perplexity=log_perplexity)
+    log = RunLogCallback(plan.run_dir, log_perplexity=log_perplexity, log_metrics=log_metrics)
     interrupt = InterruptCallback()
     callbacks: list[Any] = [log, CheckpointMarkerCallback(plan.run_dir, fingerprint), interrupt]
     if cfg.training.early_stopping_patience:
@@ -329,11 +334,19 @@ def stage_callbacks(
     return log, interrupt, callbacks
 
 
-def run_stage(trainer: Any, cfg: RunConfig, plan: RunPlan, *, log_perplexity: bool = False) -> None:
+def run_stage(
+    trainer: Any,
+    cfg: RunConfig,
+    plan: RunPlan,
+    *,
+    log_perplexity: bool = False,
+    log_metrics: tuple[str, ...] = (),
+) -> None:
     """Train ``trainer`` into the run directory: resume exactly (refusing a changed config or
     data), log to trainer_log.jsonl + loss.png with one progress bar, save a resumable
     checkpoint on Ctrl-C/SIGTERM, print the pre-flight estimate, use the CPU fast paths,
-    then save the model and write summary.json."""
+    then save the model and write summary.json. ``log_metrics``: name prefixes of the
+    trainer's own metrics to log too (``rewards/`` logs rewards/margins, eval_rewards/...)."""
     run_dir = plan.run_dir
     dataset = trainer.train_dataset
     # A stream (data/streaming.py) is hashed by its files, not by reading the whole corpus.
@@ -343,7 +356,7 @@ def run_stage(trainer: Any, cfg: RunConfig, plan: RunPlan, *, log_perplexity: bo
     checkpoint = rundir.resolve_resume(run_dir, plan.resume, fingerprint)
     check_world_size(trainer.args.world_size)
     log, interrupt, callbacks = stage_callbacks(
-        cfg, plan, fingerprint, log_perplexity=log_perplexity
+        cfg, plan, fingerprint, log_perplexity=log_perplexity, log_metrics=log_metrics
     )
     for callback in callbacks:
         trainer.add_callback(callback)

@@ -7,6 +7,7 @@ state restored, so the run that follows is exactly the one without the estimate.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -38,9 +39,31 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+# What TRL's trainers accumulate in compute_loss for their next log line (metrics, token
+# counts): saved and put back around the calibration so it never shows in the logs.
+_TRL_LOG_STATE = ("_metrics", "_stored_metrics", "_total_train_tokens")
+
+
+def epoch_tokens(dataset: Any) -> int:
+    """Tokens the model reads per epoch: ``input_ids`` (sft, pt), or every preference
+    sequence (the prompt with each answer: DPO's two, KTO's one; ORPO/CPO's full rows)."""
+    columns = dataset.column_names
+    if "input_ids" in columns:
+        return sum(len(ids) for ids in dataset["input_ids"])
+    answers = [c for c in ("chosen_ids", "rejected_ids", "completion_ids") if c in columns]
+    if "prompt_ids" in columns:
+        prompts = sum(len(ids) for ids in dataset["prompt_ids"]) * len(answers)
+        return prompts + sum(len(ids) for c in answers for ids in dataset[c])
+    rows = [c for c in ("chosen_input_ids", "rejected_input_ids") if c in columns]
+    return sum(len(ids) for c in rows for ids in dataset[c])
+
+
 def _calibrate(trainer: Trainer, precision: str, batches: int = 2) -> float:
     """Seconds per micro-batch (forward + backward) measured on the first examples."""
     model, args = trainer.model, trainer.args
+    log_state = {
+        k: copy.deepcopy(getattr(trainer, k)) for k in _TRL_LOG_STATE if hasattr(trainer, k)
+    }
     examples = _first_examples(trainer.train_dataset, batches * args.per_device_train_batch_size)
     size = min(args.per_device_train_batch_size, len(examples))
     device = next(model.parameters()).device
@@ -70,6 +93,8 @@ def _calibrate(trainer: Trainer, precision: str, batches: int = 2) -> float:
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+        for key, value in log_state.items():
+            setattr(trainer, key, value)
     return seconds
 
 
@@ -88,9 +113,7 @@ def _data_line(trainer: Trainer) -> tuple[str, int, str]:
         micro_batches = args.max_steps * args.gradient_accumulation_steps
         line = f"  data: streamed from disk / {num_val} validation examples"
         return line, micro_batches, f"the {args.max_steps} steps"
-    # Every token column: input_ids, or a preference stage's chosen_ids + rejected_ids.
-    id_columns = [c for c in dataset.column_names if c == "input_ids" or c.endswith("_ids")]
-    tokens = sum(len(ids) for c in id_columns for ids in dataset[c])
+    tokens = epoch_tokens(dataset)
     micro_batches = math.ceil(len(dataset) / (args.per_device_train_batch_size * args.world_size))
     line = (
         f"  data: {len(dataset)} train / {num_val} validation examples, {tokens} tokens per epoch"

@@ -71,6 +71,20 @@ def write_metadata(
     write_atomic(run_dir / METADATA_NAME, json.dumps(metadata, indent=2))
 
 
+# What every stage logs; anything else in the log is a stage's own metric.
+_BASE_LOG_KEYS = {
+    "step",
+    "loss",
+    "eval_loss",
+    "eval_perplexity",
+    "learning_rate",
+    "grad_norm",
+    "epoch",
+    "tokens_seen",
+    "tokens_per_s",
+}
+
+
 def write_summary(
     run_dir: Path, trainer: Trainer, *, wall_s: float, tokens_per_s: float
 ) -> dict[str, Any]:
@@ -89,6 +103,8 @@ def write_summary(
         "final_loss": losses[-1] if losses else None,
         "best_eval_loss": min(evals) if evals else None,
         "best_checkpoint": state.best_model_checkpoint,
+        # A stage's own logged metrics (rewards/margins, eval_rewards/accuracies, ...): last values.
+        "final_metrics": {k: v for r in log for k, v in r.items() if k not in _BASE_LOG_KEYS},
     }
     write_atomic(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
     return summary
