@@ -93,6 +93,7 @@ def test_run_plan_is_resolved_once_and_recorded(tiny_model_dir, overfit_data, tm
         "world_size": 1,
         "resume": None,
         "sharded": False,
+        "continues_adapter": False,
     }
 
 

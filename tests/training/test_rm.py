@@ -215,17 +215,17 @@ def test_rm_on_the_bundled_model_learns_the_house_format(tmp_path, smollm2_cache
         "smollm2-135m",
         QUICKSTART / "train_pairs.json",
         tmp_path / "run",
-        max_samples=96,
+        max_samples=48,
         val_set_size=0,
-        max_steps=10,
+        max_steps=6,
         eval_steps=None,
-        save_steps=10,
+        save_steps=6,
         learning_rate=1e-3,
-        cutoff_len=128,
+        cutoff_len=96,
         precision="auto",
     )
     run_dir = run_training(cfg)
-    held_out = read_records(QUICKSTART / "held_out_pairs.json")
+    held_out = read_records(QUICKSTART / "held_out_pairs.json")[:32]
     model, tokenizer = load_model(ModelConfig(model=str(run_dir)), head="score")
     scores = score_pairs(model, tokenizer, held_out, cfg)
     torch.manual_seed(0)
