@@ -23,9 +23,14 @@ from datasets import Dataset
 from llamaforge.config.finetuning import FINETUNING
 from llamaforge.config.sections import DPOConfig, RunConfig
 from llamaforge.data import get_template
-from llamaforge.data.registry import load_dataset_records, split_validation
 from llamaforge.models import load_model
-from llamaforge.training.harness import plan_run, run_stage, trainable_model, training_arguments
+from llamaforge.training.harness import (
+    plan_run,
+    run_stage,
+    stage_records,
+    trainable_model,
+    training_arguments,
+)
 from llamaforge.training.preference import (
     check_tokenization,
     drop_reference_adapter,
@@ -49,9 +54,7 @@ def run_dpo(cfg: RunConfig) -> Path:
     # TRL pads each pair into two rows; the padding-free scoring is ours (below).
     plan = plan_run(cfg, packing=False)
 
-    base_dir = Path(cfg.source).parent if cfg.source else None
-    records = load_dataset_records(cfg.data, base_dir=base_dir, seed=cfg.training.seed)
-    train_records, val_records = split_validation(records, cfg.data.val_set_size, cfg.training.seed)
+    train_records, val_records = stage_records(cfg)
     model, tokenizer = load_model(plan.model_config(cfg), for_training=True)
     train_rows = pair_rows(train_records, tokenizer, template, adds_specials=True)
     val_rows = pair_rows(val_records, tokenizer, template, adds_specials=True)

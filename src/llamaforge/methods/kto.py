@@ -20,9 +20,14 @@ from datasets import Dataset
 from llamaforge.config.finetuning import FINETUNING
 from llamaforge.config.sections import KTOConfig, RunConfig
 from llamaforge.data import get_template
-from llamaforge.data.registry import load_dataset_records, split_validation
 from llamaforge.models import load_model
-from llamaforge.training.harness import plan_run, run_stage, trainable_model, training_arguments
+from llamaforge.training.harness import (
+    plan_run,
+    run_stage,
+    stage_records,
+    trainable_model,
+    training_arguments,
+)
 from llamaforge.training.preference import (
     check_tokenization,
     drop_reference_adapter,
@@ -42,9 +47,7 @@ def run_kto(cfg: RunConfig) -> Path:
     template = get_template(cfg.data.template, cfg.data.templates_dir)
     plan = plan_run(cfg, packing=False)
 
-    base_dir = Path(cfg.source).parent if cfg.source else None
-    records = load_dataset_records(cfg.data, base_dir=base_dir, seed=cfg.training.seed)
-    train_records, val_records = split_validation(records, cfg.data.val_set_size, cfg.training.seed)
+    train_records, val_records = stage_records(cfg)
     model, tokenizer = load_model(plan.model_config(cfg), for_training=True)
     train_rows = feedback_rows(train_records, tokenizer, template)
     # Unpaired pairs would otherwise sit side by side, the same prompt in every KL pair.

@@ -15,9 +15,14 @@ from datasets import Dataset
 
 from llamaforge.config.sections import ORPOConfig, RunConfig
 from llamaforge.data import get_template
-from llamaforge.data.registry import load_dataset_records, split_validation
 from llamaforge.models import load_model
-from llamaforge.training.harness import plan_run, run_stage, trainable_model, training_arguments
+from llamaforge.training.harness import (
+    plan_run,
+    run_stage,
+    stage_records,
+    trainable_model,
+    training_arguments,
+)
 from llamaforge.training.preference import check_tokenization, experimental_trl, pair_rows
 
 METRICS = ("rewards/", "logps/", "log_odds", "nll_loss")
@@ -33,9 +38,7 @@ def run_orpo(cfg: RunConfig) -> Path:
     template = get_template(cfg.data.template, cfg.data.templates_dir)
     plan = plan_run(cfg, packing=False)
 
-    base_dir = Path(cfg.source).parent if cfg.source else None
-    records = load_dataset_records(cfg.data, base_dir=base_dir, seed=cfg.training.seed)
-    train_records, val_records = split_validation(records, cfg.data.val_set_size, cfg.training.seed)
+    train_records, val_records = stage_records(cfg)
     model, tokenizer = load_model(plan.model_config(cfg), for_training=True)
     # ORPO tokenizes without special tokens and adds BOS itself when the prompt lacks it.
     train_rows = pair_rows(train_records, tokenizer, template, adds_specials=False)

@@ -19,12 +19,18 @@ from transformers import DataCollatorForSeq2Seq
 
 from llamaforge.config.sections import PretrainConfig, RunConfig
 from llamaforge.data.pretraining import pretraining_blocks
-from llamaforge.data.registry import load_dataset_records, resolve_dataset, split_validation
+from llamaforge.data.registry import resolve_dataset
 from llamaforge.data.streaming import StreamedBlocks, head_documents
 from llamaforge.errors import ConfigError
 from llamaforge.models import load_model, resolve_model
 from llamaforge.models.vocabulary import EXTENSION_RECORD, read_extension_record
-from llamaforge.training.harness import plan_run, run_stage, trainable_model, training_arguments
+from llamaforge.training.harness import (
+    plan_run,
+    run_stage,
+    stage_records,
+    trainable_model,
+    training_arguments,
+)
 from llamaforge.training.packing import packing_collator
 from llamaforge.training.trainer import TrainedPositionsTrainer
 
@@ -80,8 +86,7 @@ def _base_dir(cfg: RunConfig) -> Path | None:
 
 
 def _in_memory(cfg: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
-    documents = load_dataset_records(cfg.data, base_dir=_base_dir(cfg), seed=cfg.training.seed)
-    train_docs, val_docs = split_validation(documents, cfg.data.val_set_size, cfg.training.seed)
+    train_docs, val_docs = stage_records(cfg)
     train_set = pretraining_blocks(train_docs, tokenizer, cfg.data.cutoff_len)
     val_set = pretraining_blocks(val_docs, tokenizer, cfg.data.cutoff_len) if val_docs else None
     return train_set, val_set

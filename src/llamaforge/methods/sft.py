@@ -19,10 +19,15 @@ from transformers import DataCollatorForSeq2Seq
 
 from llamaforge.config.sections import RunConfig, SFTConfig
 from llamaforge.data import get_template, tokenize_records
-from llamaforge.data.registry import load_dataset_records, split_validation
 from llamaforge.models import load_model
 from llamaforge.training.distributed import is_main_process
-from llamaforge.training.harness import plan_run, run_stage, trainable_model, training_arguments
+from llamaforge.training.harness import (
+    plan_run,
+    run_stage,
+    stage_records,
+    trainable_model,
+    training_arguments,
+)
 from llamaforge.training.packing import packing_collator
 from llamaforge.training.trainer import TrainedPositionsTrainer
 
@@ -42,9 +47,7 @@ def run_sft(cfg: RunConfig) -> Path:
     plan = plan_run(cfg, packing=packing)
 
     # Data first: a missing or malformed dataset fails before the slow model load.
-    base_dir = Path(cfg.source).parent if cfg.source else None
-    records = load_dataset_records(cfg.data, base_dir=base_dir, seed=cfg.training.seed)
-    train_records, val_records = split_validation(records, cfg.data.val_set_size, cfg.training.seed)
+    train_records, val_records = stage_records(cfg)
     model, tokenizer = load_model(plan.model_config(cfg), for_training=True)
     train_set = tokenize_records(train_records, tokenizer, cfg.data)
     val_set = tokenize_records(val_records, tokenizer, cfg.data) if val_records else None

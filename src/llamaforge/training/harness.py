@@ -43,6 +43,8 @@ from llamaforge.adapters.attach import attach_adapter, trainable_summary
 from llamaforge.adapters.dropout import use_fast_lora_dropout
 from llamaforge.config.finetuning import FINETUNING
 from llamaforge.config.sections import ModelConfig, RunConfig
+from llamaforge.data.formats import Record
+from llamaforge.data.registry import load_dataset_records, split_validation
 from llamaforge.errors import ConfigError, TrainingInterrupted
 from llamaforge.training.callbacks import (
     CheckpointMarkerCallback,
@@ -123,6 +125,14 @@ def check_hardware(cfg: RunConfig) -> None:
             raise ConfigError(f"report_to {logger_name} needs: pip install {logger_name}")
     if not cfg.data.dataset:
         raise ConfigError("key 'dataset': no dataset given (a file path or a registry name)")
+
+
+def stage_records(cfg: RunConfig) -> tuple[list[Record], list[Record]]:
+    """(train, validation) records of ``cfg.dataset``: relative paths start next to the
+    config file, several datasets are mixed and the split is drawn with ``cfg.training.seed``."""
+    base_dir = Path(cfg.source).parent if cfg.source else None
+    records = load_dataset_records(cfg.data, base_dir=base_dir, seed=cfg.training.seed)
+    return split_validation(records, cfg.data.val_set_size, cfg.training.seed)
 
 
 def base_weights_dtype(cfg: RunConfig, precision: str) -> str:
