@@ -203,3 +203,16 @@ def _resuming(cfg):
     return dataclasses.replace(
         cfg, training=dataclasses.replace(cfg.training, resume_from_checkpoint="auto")
     )
+
+
+def test_empty_documents_are_skipped_not_refused(smollm2_tokenizer, tmp_path):
+    from llamaforge.data.formats import read_records
+
+    data = tmp_path / "answers.json"  # Alpaca answers used as text: some are empty
+    rows = [{"output": "第一个答案。"}, {"output": ""}, {"output": "second answer"}]
+    data.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    records = read_records(data, format="text", columns={"text": "output"})
+    blocks = pretraining_blocks(records, smollm2_tokenizer, 64, show_progress=False)
+    kept = [r for r in records if r.text]
+    assert blocks["input_ids"] == pretraining_blocks(kept, smollm2_tokenizer, 64)["input_ids"]
+    assert len(kept) == 2

@@ -205,13 +205,14 @@ def read_openai(
 def read_text_documents(
     rows: Sequence[Row], columns: Mapping[str, str], tags: Tags | None = None
 ) -> list[Record]:
-    # LLaMA-Factory names the pretraining text column `prompt`.
+    # LLaMA-Factory names the pretraining text column `prompt`. An empty text is a document
+    # with nothing to learn (Alpaca answers used as text have some): stage pt skips those.
     mapping = {"text": columns["text"]} if "text" in columns else {}
     if not mapping and "prompt" in columns:
         mapping = {"text": columns["prompt"]}
     return [
         TextDocument(
-            get_string(row, "text", mapping, source, required=True, allow_empty=False), source
+            get_string(row, "text", mapping, source, required=True, allow_empty=True), source
         )
         for row, source in rows
     ]

@@ -9,6 +9,7 @@ block crosses from one document to the next only through that EOS.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,11 +19,14 @@ from llamaforge.data.formats import Record, TextDocument
 from llamaforge.data.tokenization import encode_texts, special_prefix, to_dataset
 from llamaforge.errors import DataError
 
+logger = logging.getLogger(__name__)
+
 _BATCH = 1000
 
 
 def _documents(records: Sequence[Record]) -> list[str]:
     texts = []
+    empty = 0
     for record in records:
         if not isinstance(record, TextDocument):
             raise DataError(
@@ -30,7 +34,12 @@ def _documents(records: Sequence[Record]) -> list[str]:
                 f"a {type(record).__name__.lower()} (give `text` records, .txt files, or format: "
                 "text)"
             )
-        texts.append(record.text)
+        if record.text.strip():
+            texts.append(record.text)
+        else:
+            empty += 1
+    if empty:
+        logger.info("skipped %d empty documents (nothing to learn from them)", empty)
     return texts
 
 

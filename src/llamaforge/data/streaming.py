@@ -91,7 +91,8 @@ def stream_documents(specs: Sequence[DatasetSpec], max_samples: int | None) -> I
     as in memory), at most ``max_samples`` per dataset."""
     for spec in specs:
         for document in islice(_documents(spec), max_samples):
-            yield document.text
+            if document.text.strip():  # empty documents hold nothing to learn (as in memory)
+                yield document.text
 
 
 def head_documents(
