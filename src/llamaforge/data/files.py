@@ -113,19 +113,22 @@ def _parse_json_list(path: Path, text: str) -> list[Row]:
     return rows
 
 
+def parse_jsonl_line(path: Path, line_no: int, line: str) -> Any:
+    """One JSON Lines record (of a non-blank line); a DataError names the line and column."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path}:{line_no}:{e.colno}: invalid JSON in this record ({e.msg}); "
+            "each line of a .jsonl file must be one complete JSON object"
+        ) from None
+
+
 def _parse_jsonl(path: Path, text: str) -> list[Row]:
     rows: list[Row] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{path}:{line_no}:{e.colno}: invalid JSON in this record ({e.msg}); "
-                "each line of a .jsonl file must be one complete JSON object"
-            ) from None
-        rows.append((value, f"{path}:{line_no}"))
+        if line.strip():
+            rows.append((parse_jsonl_line(path, line_no, line), f"{path}:{line_no}"))
     return rows
 
 

@@ -14,7 +14,6 @@ memory by :func:`head_documents`), so validation never overlaps training.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from llamaforge.data.files import JSONL_SUFFIXES, SUFFIXES, TEXT_SUFFIXES
+from llamaforge.data.files import JSONL_SUFFIXES, SUFFIXES, TEXT_SUFFIXES, parse_jsonl_line
 from llamaforge.data.formats import TextDocument, read_file, read_text_documents
 from llamaforge.data.pretraining import document_ids
 from llamaforge.data.registry import DatasetSpec
@@ -61,13 +60,7 @@ def _jsonl_documents(path: Path, columns: dict[str, str]) -> Iterator[TextDocume
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{line_no}:{e.colno}: invalid JSON in this record ({e.msg}); "
-                    "each line of a .jsonl file must be one complete JSON object"
-                ) from None
+            row = parse_jsonl_line(path, line_no, line)
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object with a `text` field")
             # read_text_documents makes TextDocuments only (its Record type is the union)

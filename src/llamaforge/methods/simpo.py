@@ -12,19 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import Dataset
-
 from llamaforge.config.sections import RunConfig, SimPOConfig
-from llamaforge.data import get_template
-from llamaforge.models import load_model
-from llamaforge.training.harness import (
-    plan_run,
-    run_stage,
-    stage_records,
-    trainable_model,
-    training_arguments,
-)
-from llamaforge.training.preference import check_tokenization, experimental_trl, pair_rows
+from llamaforge.methods.reference_free import run_reference_free
+from llamaforge.training.preference import experimental_trl
 
 METRICS = ("rewards/", "logps/", "nll_loss")
 
@@ -35,37 +25,13 @@ def run_simpo(cfg: RunConfig) -> Path:
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     options = cfg.stage_options(SimPOConfig)
-    template = get_template(cfg.data.template, cfg.data.templates_dir)
-    plan = plan_run(cfg, packing=False)
-
-    train_records, val_records = stage_records(cfg)
-    model, tokenizer = load_model(plan.model_config(cfg), for_training=True)
-    # CPO tokenizes without special tokens and adds BOS itself when the prompt lacks it.
-    train_rows = pair_rows(train_records, tokenizer, template, adds_specials=False)
-    val_rows = pair_rows(val_records, tokenizer, template, adds_specials=False)
-
-    model = trainable_model(model, cfg, plan)
-    has_eval = bool(val_rows)
-    args = training_arguments(
+    return run_reference_free(
         cfg,
-        plan,
+        CPOTrainer,
         CPOConfig,
-        has_eval=has_eval,
-        eval_on_start=has_eval,
+        METRICS,
         loss_type="simpo",
         cpo_alpha=0.0,
         beta=options.simpo_beta,
         simpo_gamma=options.simpo_gamma,
-        max_length=cfg.data.cutoff_len,
-        disable_dropout=False,
     )
-    trainer = CPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(val_rows) if has_eval else None,
-        processing_class=tokenizer,
-    )
-    check_tokenization(trainer.train_dataset, train_records, tokenizer, template)
-    run_stage(trainer, cfg, plan, log_metrics=METRICS)
-    return plan.run_dir
