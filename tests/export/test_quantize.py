@@ -41,30 +41,17 @@ def test_bnb_refuses_other_bit_widths(model64_dir, tmp_path):
     assert not (tmp_path / "q3").exists()
 
 
-def _narrow_4bit_runs_here() -> bool:
-    """Whether this CPU's bitsandbytes runs a 4-bit layer with 32 input features (the
-    AVX-512 kernels refuse fewer than 64; others run them)."""
-    import bitsandbytes as bnb
-
-    layer = bnb.nn.Linear4bit(32, 32, bias=False, compute_dtype=torch.float32)
-    layer.load_state_dict({"weight": torch.randn(32, 32)})
-    layer = layer.to("cpu")  # quantizes
-    try:
-        with torch.no_grad():
-            layer(torch.randn(2, 32))
-    except RuntimeError:
-        return False
-    return True
-
-
 def test_bnb_4bit_on_narrow_layers_works_or_fails_cleanly(tiny_model_dir, tmp_path):
-    if _narrow_4bit_runs_here():
+    """Layers of 32 input features: whether bitsandbytes' CPU kernels run them depends on
+    the CPU and on whether the weights were reloaded (seen: AVX2 runs them; AVX-512 runs
+    fresh layers but not reloaded ones), so either outcome may happen — but only these two."""
+    try:
         report = quantize_bnb(tiny_model_dir, tmp_path / "q4", bits=4)
+    except ExportError as e:
+        assert "use --bits 8" in str(e)
+        assert [p.name for p in tmp_path.iterdir() if "q4" in p.name] == []  # nothing left
+    else:
         assert report.top1_agreement is not None and (tmp_path / "q4" / "config.json").is_file()
-        return
-    with pytest.raises(ExportError, match="use --bits 8"):
-        quantize_bnb(tiny_model_dir, tmp_path / "q4", bits=4)
-    assert [p.name for p in tmp_path.iterdir() if "q4" in p.name] == []
 
 
 def test_bnb_from_run_directory_merges_first(model64_dir, make_adapter, tmp_path):

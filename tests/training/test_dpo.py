@@ -78,6 +78,19 @@ def test_each_loss_raises_the_held_out_margin_with_lora(
     assert (run_dir / "adapter_model.safetensors").is_file()
 
 
+def test_sft_weight_adds_the_chosen_answers_nll(tiny_model_dir, pairs_file, tmp_path):
+    """RPO: with sft_weight the chosen answers become likely, not only likelier than the
+    rejected ones (TRL's "sft" term, fed by the shared-prompt scoring)."""
+
+    def chosen_logps(**values: object) -> float:
+        cfg = dpo_config(tiny_model_dir, pairs_file, tmp_path / str(values), **values)
+        log = read_log(run_training(cfg))
+        return [r["eval_logps/chosen"] for r in log if "eval_logps/chosen" in r][-1]
+
+    plain, rpo = chosen_logps(), chosen_logps(sft_weight=1.0)
+    assert rpo > plain + 1.0, (plain, rpo)
+
+
 @pytest.mark.parametrize("precompute", [False, True])
 def test_full_fine_tuning_uses_a_frozen_reference_or_precomputed_log_probs(
     precompute, tiny_model_dir, pairs_file, tmp_path
@@ -106,6 +119,8 @@ def test_refuses_options_trl_would_ignore_or_break(tiny_model_dir, pairs_file, t
         load(pref_loss="kto_pair")
     with pytest.raises(ConfigError, match="'beta': must be > 0"):
         load(beta=0)
+    with pytest.raises(ConfigError, match="'sft_weight': must be >= 0"):
+        load(sft_weight=-1)
     with pytest.raises(ConfigError, match="group_by_length"):
         load(group_by_length=True)
     with pytest.raises(ConfigError, match="belongs to stage 'dpo', not 'sft'"):

@@ -247,6 +247,11 @@ class DPOConfig:
     precompute_ref_log_probs: bool = False
     """Score every pair with the reference once before training instead of at every step;
     with full fine-tuning this avoids a second copy of the model in memory."""
+    sft_weight: float = 0.0
+    """Weight of an SFT loss (the chosen answers' mean token NLL) added to the preference
+    loss (RPO; LLaMA-Factory's ``pref_ftx``). DPO alone raises the chosen answer only
+    relative to the rejected one, which need not change what the model generates; this
+    term also makes the chosen answers likely. 0 = plain DPO."""
 
 
 @dataclass(frozen=True)

@@ -243,4 +243,6 @@ def validate_preference(cfg: RunConfig) -> list[str]:
             errors.append(
                 f"key 'label_smoothing': must be in [0, 0.5), got {options.label_smoothing}"
             )
+        if options.sft_weight < 0:
+            errors.append(f"key 'sft_weight': must be >= 0, got {options.sft_weight}")
     return errors

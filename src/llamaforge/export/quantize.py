@@ -143,8 +143,8 @@ def _verify(
         logits = prompt_logits(reloaded, prompts)
     except RuntimeError as e:
         raise ExportError(
-            f"the {bits}-bit model does not run here ({str(e).splitlines()[0]}); on CPU, "
-            "bitsandbytes 4-bit needs layers with >= 64 input features — use --bits 8"
+            f"the {bits}-bit model does not run here ({str(e).splitlines()[0]}); on some CPUs "
+            "bitsandbytes 4-bit fails on layers with < 64 input features — use --bits 8"
         ) from None
     diff = max(float((a - b).abs().max()) for a, b in zip(reference, logits, strict=True))
     agree = sum(

@@ -3,9 +3,10 @@
 Pairs (prompt, chosen, rejected) are rendered with our template and handed to TRL as plain
 text, which TRL tokenizes; the ids are checked against our SFT tokenization before
 training (training/preference.py). The loss is ``pref_loss``: sigmoid (DPO), ipo, hinge or
-robust (with ``label_smoothing``). The reference model: with LoRA the same weights with the
-adapter disabled (no second copy); with full or freeze fine-tuning a frozen copy, or none
-when ``precompute_ref_log_probs`` scores every pair with the reference before training.
+robust (with ``label_smoothing``), plus ``sft_weight`` × the chosen answers' NLL (RPO).
+The reference model: with LoRA the same weights with the adapter disabled (no second
+copy); with full or freeze fine-tuning a frozen copy, or none when
+``precompute_ref_log_probs`` scores every pair with the reference before training.
 With ``packing`` (default) each pair is scored in one row with its prompt computed once and
 only answer positions through the LM head (training/preference_scoring.py). TRL's metrics
 (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/...) go to
@@ -69,7 +70,10 @@ def run_dpo(cfg: RunConfig) -> Path:
         TRLDPOConfig,
         has_eval=has_eval,
         eval_on_start=has_eval,  # the margin before training is the baseline
-        loss_type=[options.pref_loss],
+        # TRL's "sft" term reads the same per-token log-probs, so the shared-prompt path
+        # serves it too.
+        loss_type=[options.pref_loss, "sft"] if options.sft_weight else [options.pref_loss],
+        loss_weights=[1.0, options.sft_weight] if options.sft_weight else None,
         beta=options.beta,
         label_smoothing=options.label_smoothing,
         precompute_ref_log_probs=options.precompute_ref_log_probs,
