@@ -191,12 +191,18 @@ def test_a_sentencepiece_style_tokenizer_is_refused_before_the_weights_load(tmp_
         extend_model(str(model_dir), [CORPUS], 10, tmp_path / "out")
 
 
+@pytest.fixture(scope="module")
+def extended_real(smollm2_cache, tmp_path_factory):
+    """The bundled model extended by 600 tokens learned from the Chinese fixture corpus."""
+    out = tmp_path_factory.mktemp("extended") / "smollm2-zh"
+    return extend_model("smollm2-135m", [CORPUS], 600, out, heldout=[HELDOUT]), out
+
+
 @pytest.mark.slow
-def test_the_bundled_model_extended_for_chinese(smollm2_cache, tmp_path):
+def test_the_bundled_model_extended_for_chinese(extended_real):
     """The real SmolLM2 tokenizer and model: held-out Chinese ≥ 40 % fewer tokens per char,
     English ids and old-vocabulary logits unchanged, and the written model still answers."""
-    out = tmp_path / "smollm2-zh"
-    report = extend_model("smollm2-135m", [CORPUS], 600, out, heldout=[HELDOUT])
+    report, out = extended_real
     before, after = report.tokens_per_char["held-out"]
     assert after <= 0.6 * before, report.summary()
     assert report.vocab_size == 49152 + 600 and report.tied_embeddings
@@ -209,3 +215,43 @@ def test_the_bundled_model_extended_for_chinese(smollm2_cache, tmp_path):
     )["input_ids"]
     answer = model.generate(prompt, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(answer[0, prompt.shape[1] :])
+
+
+@pytest.mark.slow
+def test_the_extended_models_gguf_runs_in_llama_cpp_like_transformers(extended_real, tmp_path):
+    """llama.cpp (the optional wheel) reads the extended vocabulary and merges from our GGUF:
+    Chinese and English text to the same ids as transformers, the same greedy tokens."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from llamaforge.export.gguf import export_gguf
+
+    _, out = extended_real
+    path = tmp_path / "smollm2-zh.gguf"
+    export_gguf(out, path, type="f32", verify=False, modelfile=False)
+    model, tokenizer = load_model(ModelConfig(model=str(out)))
+    chinese = HELDOUT.read_text(encoding="utf-8").split("\n")[0]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
+        for text in ("请用一句话介绍一下长城。", "What is the capital of France?")
+    ]
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, verbose=False, seed=0)
+    try:
+        for text in (chinese, ENGLISH, *prompts):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+        assert any(i >= 49152 for i in tokenizer(chinese)["input_ids"])  # new tokens in use
+        for prompt in prompts:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                expected = model.generate(
+                    torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=2
+                )[0, len(ids) :].tolist()
+            theirs = []
+            for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+                theirs.append(token)
+                if len(theirs) == len(expected) or token == llm.token_eos():
+                    break
+            assert theirs == expected, (tokenizer.decode(theirs), tokenizer.decode(expected))
+    finally:
+        llm.close()

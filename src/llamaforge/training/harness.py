@@ -32,6 +32,7 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -396,14 +397,12 @@ def run_stage(
                 packing=plan.packing,
             )
 
-        from peft.helpers import disable_input_dtype_casting
-
         start = time.monotonic()
         interrupt.install()
         # Under autocast the adapter's matmuls run in bf16/fp16 whatever its input's dtype, so
         # peft's copy of every adapter input to the fp32 of its weights (and fp32 dropout on the
         # copy) is pure cost: ~5 % of a LoRA step on the CPU. Safe only while autocast is on.
-        no_input_cast = disable_input_dtype_casting(model, active=plan.precision != "fp32")
+        no_input_cast = _no_adapter_input_cast(model, active=plan.precision != "fp32")
         try:
             with no_input_cast:
                 trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -420,3 +419,19 @@ def run_stage(
     if is_main_process():
         write_summary(run_dir, trainer, wall_s=wall, tokens_per_s=tokens_per_s)
         logger.info("run saved to %s", run_dir)
+
+
+@contextlib.contextmanager
+def _no_adapter_input_cast(model: Any, *, active: bool) -> Iterator[None]:
+    """``peft.helpers.disable_input_dtype_casting`` for the layers that have the switch:
+    peft's own (0.21) raises AttributeError on a TrainableTokensLayer (``train_new_tokens``),
+    which has none."""
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    saved = [m.cast_input_dtype_enabled for m in layers] if active else []
+    for layer in layers if active else ():
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved, strict=False):
+            layer.cast_input_dtype_enabled = value
