@@ -159,3 +159,22 @@ def test_each_finetuning_kind_trains_what_the_table_says(tiny_llama):
             assert base_trained and base_trained != base_names, name
         else:
             assert base_trained == base_names, name
+
+
+def test_adapter_input_cast_is_switched_off_and_restored_with_trainable_tokens(tiny_llama):
+    """Under autocast the harness turns peft's per-layer input cast off; a model holding a
+    TrainableTokensLayer (pt's train_new_tokens), which has no such switch, must work too
+    (peft's own helper raises AttributeError on it)."""
+    from peft import LoraConfig, get_peft_model
+
+    from llamaforge.training.harness import _no_adapter_input_cast
+
+    config = LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[5, 6])
+    model = get_peft_model(tiny_llama, config)
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert layers and any(type(m).__name__ == "TrainableTokensLayer" for m in model.modules())
+    with _no_adapter_input_cast(model, active=True):
+        assert not any(m.cast_input_dtype_enabled for m in layers)
+    assert all(m.cast_input_dtype_enabled for m in layers)
+    with _no_adapter_input_cast(model, active=False):
+        assert all(m.cast_input_dtype_enabled for m in layers)
