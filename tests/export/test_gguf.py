@@ -21,13 +21,16 @@ def tiny_dir(tmp_path_factory, save_tiny_llama):
 
 @pytest.fixture(scope="module")
 def exported(tiny_dir, tmp_path_factory):
-    """type → (report, path); each type exported once per module."""
+    """type → (report, path); each type exported once per module. Only f32 is verified here
+    (a transformers reload, ~20 s even for a tiny model: the 49152-token vocabulary); f16 and
+    q8_0 are verified on the real model in test_real_model.py."""
     cache = {}
 
     def get(type_name: str):
         if type_name not in cache:
             out = tmp_path_factory.mktemp(type_name) / "tiny.gguf"
-            cache[type_name] = (export_gguf(tiny_dir, out, type=type_name), out)
+            report = export_gguf(tiny_dir, out, type=type_name, verify=type_name == "f32")
+            cache[type_name] = (report, out)
         return cache[type_name]
 
     return get
@@ -108,20 +111,14 @@ def test_written_gguf_loads_through_llamaforge_and_trains_again(
     assert 10.0 < float(loss) < 11.5  # ~ln(49152) = 10.8 for a random model
 
 
-@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
-def test_f16_round_trip(exported):
-    # the report's numbers come from reloading the file with transformers' GGUF loader
+def test_f16_tensor_types_and_size(exported):
     report, _ = exported("f16")
-    assert report.max_abs_logit_diff < 0.1 and report.top1_agreement == 1.0
-    assert report.positions_checked >= 100
     assert report.tensor_types == {"f16": 15, "f32": 5}  # norms stay f32
     assert report.size_bytes < exported("f32")[0].size_bytes * 0.6
 
 
-@pytest.mark.slow  # GGUF exports/reloads of a 49152-token vocabulary: 10-30 s
-def test_q8_0_round_trip(exported):
+def test_q8_0_tensor_types_and_size(exported):
     report, _ = exported("q8_0")
-    assert report.top1_agreement >= 0.95 and report.max_abs_logit_diff < 0.1
     assert report.tensor_types == {"q8_0": 15, "f32": 5}
     assert report.size_bytes < exported("f16")[0].size_bytes * 0.75
 

@@ -84,15 +84,15 @@ def test_pair_stages_refuse_unpaired_answers(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "stage, train, held_out",
+    "stage, train, held_out, rise",
     [
-        ("kto", "train_kto.json", "held_out_kto.json"),
-        ("orpo", "train_pairs.json", "held_out_pairs.json"),
-        ("simpo", "train_pairs.json", "held_out_pairs.json"),
+        ("kto", "train_kto.json", "held_out_kto.json", 0.05),
+        ("orpo", "train_pairs.json", "held_out_pairs.json", 0.01),  # beta 0.1 × log-odds
+        ("simpo", "train_pairs.json", "held_out_pairs.json", 0.05),
     ],
 )
 def test_real_model_steps_raise_the_held_out_margin(
-    stage, train, held_out, tmp_path, smollm2_cached
+    stage, train, held_out, rise, tmp_path, smollm2_cached
 ):
     """The bundled model, 4 steps of 4 on the project's set, 8 held-out records."""
     rows = json.loads((QUICKSTART / train).read_text())[:16]
@@ -116,4 +116,4 @@ def test_real_model_steps_raise_the_held_out_margin(
     )
     run_dir = run_training(cfg)
     before, after = held_out_margins(run_dir)
-    assert after > before + 0.05, read_log(run_dir)
+    assert after > before + rise, read_log(run_dir)
