@@ -8,9 +8,10 @@ are, into windows of ``--factor`` × the model's trained context (``max_position
 8,192 for the bundled model). Each window is scored in one forward pass, the model loaded
 through llamaforge with each ``rope_scaling`` (none, linear, dynamic, yarn, llama3, all with
 ``factor``); the loss is gathered by position into buckets of ``--bucket`` tokens. Printed:
-the perplexity of every bucket for each setting, the in-context perplexity (positions below
-the trained context, unscaled) and each setting's perplexity past it; ``--plot`` draws the
-curves. The last line is one JSON object with the figures.
+the perplexity of every bucket for each setting, each setting's perplexity past the trained
+context, and the reference it is judged against: the same tokens (each window's last
+trained-context tokens) scored unscaled as a window of their own, inside the trained
+context. ``--plot`` draws the curves. The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--plot", type=Path, default=None, help="write the curves to this PNG")
     args = parser.parse_args(argv)
+    if "none" not in args.settings:
+        parser.error("--settings needs 'none': it also scores the in-context reference")
 
     from llamaforge.config.sections import ModelConfig
     from llamaforge.models import load_model
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     curves: dict[str, list[float]] = {}
     texts: list[list[int]] = []
     trained = length = 0
+    in_context = math.nan
     for name in args.settings:
         scaling = SETTINGS[name]
         rope = None if scaling is None else {**scaling, "factor": args.factor}
@@ -100,11 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         losses = torch.stack([token_losses(model, w) for w in texts]).mean(0)  # [length-1]
         buckets = losses.split(args.bucket)
         curves[name] = [math.exp(float(b.mean())) for b in buckets]
-        past = math.exp(float(losses[trained - 1 :].mean()))
+        # loss i predicts token i + 1: from here on, tokens trained + 1 ... past the context
+        past = math.exp(float(losses[trained:].mean()))
+        if scaling is None:  # the same tokens, inside the trained context: a window of their own
+            tails = torch.stack([token_losses(model, w[-trained:]) for w in texts]).mean(0)
+            in_context = math.exp(float(tails.mean()))
         print(f"{name:8s} past {trained}: ppl {past:9.2f}  ({time.monotonic() - start:.0f} s)")
         del model
 
-    in_context = _in_context(curves, trained, args.bucket)
     print(f"\nperplexity by position (buckets of {args.bucket} tokens; trained context {trained})")
     print("position  " + "".join(f"{n:>10s}" for n in curves))
     for i in range(len(next(iter(curves.values())))):
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 "trained_context": trained,
                 "window_tokens": length,
                 "windows": args.windows,
-                "in_context_ppl": round(in_context, 3),
+                "same_tokens_in_context_ppl": round(in_context, 3),
                 "past_context_ppl": {k: round(v, 3) for k, v in past_context.items()},
                 "best": best,
                 "best_vs_in_context": round(past_context[best] / in_context, 3),
@@ -132,12 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     return 0
-
-
-def _in_context(curves: dict[str, list[float]], trained: int, bucket: int) -> float:
-    """Unscaled perplexity on the positions inside the trained context."""
-    reference = curves.get("none") or next(iter(curves.values()))
-    return _mean_ppl(reference[: trained // bucket])
 
 
 def _mean_ppl(perplexities: list[float]) -> float:

@@ -167,14 +167,14 @@ def test_adapter_input_cast_is_switched_off_and_restored_with_trainable_tokens(t
     (peft's own helper raises AttributeError on it)."""
     from peft import LoraConfig, get_peft_model
 
-    from llamaforge.training.harness import _no_adapter_input_cast
+    from llamaforge.training.harness import no_adapter_input_cast
 
     config = LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=[5, 6])
     model = get_peft_model(tiny_llama, config)
     layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
     assert layers and any(type(m).__name__ == "TrainableTokensLayer" for m in model.modules())
-    with _no_adapter_input_cast(model, active=True):
+    with no_adapter_input_cast(model, active=True):
         assert not any(m.cast_input_dtype_enabled for m in layers)
     assert all(m.cast_input_dtype_enabled for m in layers)
-    with _no_adapter_input_cast(model, active=False):
+    with no_adapter_input_cast(model, active=False):
         assert all(m.cast_input_dtype_enabled for m in layers)

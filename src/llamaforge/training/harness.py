@@ -402,7 +402,7 @@ def run_stage(
         # Under autocast the adapter's matmuls run in bf16/fp16 whatever its input's dtype, so
         # peft's copy of every adapter input to the fp32 of its weights (and fp32 dropout on the
         # copy) is pure cost: ~5 % of a LoRA step on the CPU. Safe only while autocast is on.
-        no_input_cast = _no_adapter_input_cast(model, active=plan.precision != "fp32")
+        no_input_cast = no_adapter_input_cast(model, active=plan.precision != "fp32")
         try:
             with no_input_cast:
                 trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -422,7 +422,7 @@ def run_stage(
 
 
 @contextlib.contextmanager
-def _no_adapter_input_cast(model: Any, *, active: bool) -> Iterator[None]:
+def no_adapter_input_cast(model: Any, *, active: bool) -> Iterator[None]:
     """``peft.helpers.disable_input_dtype_casting`` for the layers that have the switch:
     peft's own (0.21) raises AttributeError on a TrainableTokensLayer (``train_new_tokens``),
     which has none."""
