@@ -11,9 +11,9 @@ that loads the base in fp32 from the GGUF cache:
 
 (a) TRL's defaults: `DPOTrainer(model, args=DPOConfig(...), peft_config=LoraConfig(...))`
     with DPOConfig's defaults (gradient checkpointing on, dropout disabled, padded rows,
-    its fused LM head) except `bf16=False`: TRL defaults to bf16, which this CPU (AVX2, no
-    bf16) cannot run, so fp32 is the nearest runnable setting (on a bf16 machine pass
-    `--bf16` to keep TRL's default);
+    its fused LM head) except `bf16=False` unless `--bf16`: TRL defaults to bf16, which a
+    CPU without bf16 (AVX2 only) cannot run, so fp32 is the nearest runnable setting there;
+    on a bf16 CPU (AVX-512 BF16, AMX) pass `--bf16` to keep TRL's default;
 (b) `llamaforge train stage=dpo` (`methods/dpo.py`) with our defaults: no gradient
     checkpointing, the shared-prompt scoring (one row per pair, LM head on answer
     positions only), the reference as the adapter disabled.
