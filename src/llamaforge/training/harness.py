@@ -426,12 +426,13 @@ def no_adapter_input_cast(model: Any, *, active: bool) -> Iterator[None]:
     """``peft.helpers.disable_input_dtype_casting`` for the layers that have the switch:
     peft's own (0.21) raises AttributeError on a TrainableTokensLayer (``train_new_tokens``),
     which has none."""
-    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
-    saved = [m.cast_input_dtype_enabled for m in layers] if active else []
-    for layer in layers if active else ():
+    switched = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    layers = switched if active else []
+    saved = [m.cast_input_dtype_enabled for m in layers]
+    for layer in layers:
         layer.cast_input_dtype_enabled = False
     try:
         yield
     finally:
-        for layer, value in zip(layers, saved, strict=False):
+        for layer, value in zip(layers, saved, strict=True):
             layer.cast_input_dtype_enabled = value
