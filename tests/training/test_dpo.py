@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_helpers import read_log, tiny_config
+from training_helpers import read_log, real_preference_config, tiny_config
 
 from llamaforge.config import load_run_config
 from llamaforge.data.formats import Message, Preference
@@ -285,26 +285,7 @@ def test_sigkilled_dpo_run_resumes_exactly(tiny_model_dir, pairs_file, tmp_path)
 
 @pytest.mark.slow
 def test_real_model_dpo_steps_raise_the_held_out_margin(tmp_path, smollm2_cached):
-    held_out = json.loads(HELD_OUT.read_text())[:8]
-    data = tmp_path / "pairs.json"
-    data.write_text(json.dumps(json.loads(PAIRS.read_text())[:16] + held_out))
-    cfg = load_run_config(
-        None,
-        stage="dpo",
-        model="smollm2-135m",
-        dataset=[str(data)],
-        output_dir=str(tmp_path / "run"),
-        precision="fp32",
-        val_set_size=8,
-        batch_size=4,
-        micro_batch_size=4,
-        max_steps=4,
-        eval_steps=4,
-        logging_steps=1,
-        learning_rate=1e-3,
-        lora_target_modules=["q_proj", "v_proj"],
-    )
-    run_dir = run_training(cfg)
+    run_dir = run_training(real_preference_config("dpo", PAIRS, HELD_OUT, tmp_path))
     before, after = margins(run_dir)
     assert before == 0.0 and after > 0.1
     log = read_log(run_dir)

@@ -9,9 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from training_helpers import read_log, tiny_config
+from training_helpers import read_log, real_preference_config, tiny_config
 
-from llamaforge.config import load_run_config
 from llamaforge.data.formats import Feedback, read_records
 from llamaforge.errors import DataError
 from llamaforge.methods import run_training
@@ -95,25 +94,7 @@ def test_real_model_steps_raise_the_held_out_margin(
     stage, train, held_out, rise, tmp_path, smollm2_cached
 ):
     """The bundled model, 4 steps of 4 on the project's set, 8 held-out records."""
-    rows = json.loads((QUICKSTART / train).read_text())[:16]
-    data = tmp_path / "data.json"
-    data.write_text(json.dumps(rows + json.loads((QUICKSTART / held_out).read_text())[:8]))
-    cfg = load_run_config(
-        None,
-        stage=stage,
-        model="smollm2-135m",
-        dataset=[str(data)],
-        output_dir=str(tmp_path / "run"),
-        precision="fp32",
-        val_set_size=8,
-        batch_size=4,
-        micro_batch_size=4,
-        max_steps=4,
-        eval_steps=4,
-        logging_steps=1,
-        learning_rate=1e-3,
-        lora_target_modules=["q_proj", "v_proj"],
-    )
+    cfg = real_preference_config(stage, QUICKSTART / train, QUICKSTART / held_out, tmp_path)
     run_dir = run_training(cfg)
     before, after = held_out_margins(run_dir)
     assert after > before + rise, read_log(run_dir)

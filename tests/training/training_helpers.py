@@ -45,6 +45,31 @@ def tiny_config(model_dir: Path, data: Path, output_dir: Path, **values: Any) ->
     return load_run_config(None, (), **defaults)
 
 
+def real_preference_config(stage: str, train: Path, held_out: Path, tmp_path: Path) -> RunConfig:
+    """A short preference run on the bundled model: 16 records of ``train`` and 8 of
+    ``held_out`` (the validation split, val_set_size 8), 4 LoRA q/v steps of 4, evaluated
+    before and after."""
+    rows = json.loads(train.read_text())[:16] + json.loads(held_out.read_text())[:8]
+    data = tmp_path / "preference_data.json"
+    data.write_text(json.dumps(rows))
+    return load_run_config(
+        None,
+        stage=stage,
+        model="smollm2-135m",
+        dataset=[str(data)],
+        output_dir=str(tmp_path / "run"),
+        precision="fp32",
+        val_set_size=8,
+        batch_size=4,
+        micro_batch_size=4,
+        max_steps=4,
+        eval_steps=4,
+        logging_steps=1,
+        learning_rate=1e-3,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
+
+
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
