@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from llamaforge.config import ModelConfig
 from llamaforge.errors import ModelError
@@ -199,6 +200,25 @@ def test_bad_rope_scaling(tiny_model_dir):
         load_model(ModelConfig(model=str(tiny_model_dir), rope_scaling={"type": "ntk"}))
     with pytest.raises(ModelError, match="needs a 'factor'"):
         load_model(ModelConfig(model=str(tiny_model_dir), rope_scaling={"rope_type": "linear"}))
+
+
+@pytest.mark.parametrize("rope_type", ["yarn", "llama3"])
+def test_yarn_and_llama3_say_their_extended_context(tiny_llama, rope_type):
+    config = tiny_llama.config.__class__.from_dict(tiny_llama.config.to_dict())
+    original = config.max_position_embeddings
+    scaling = {"rope_type": rope_type, "factor": 4.0}
+    if rope_type == "llama3":
+        scaling |= {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    frequencies = ROPE_INIT_FUNCTIONS[rope_type]
+    apply_rope_scaling(config, scaling)  # transformers 5 warned: original must be < max
+    assert config.rope_parameters["original_max_position_embeddings"] == original
+    assert config.max_position_embeddings == 4 * original
+    # the frequencies follow the factor, not the stated context; applying twice is a no-op
+    inv_freq, attention_factor = frequencies(config, "cpu")
+    apply_rope_scaling(config, scaling)
+    assert config.max_position_embeddings == 4 * original
+    again, again_factor = frequencies(config, "cpu")
+    assert torch.equal(inv_freq, again) and attention_factor == again_factor
 
 
 def test_apply_rope_scaling_keeps_theta(tiny_llama):

@@ -249,6 +249,10 @@ def resolve_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+# rope types whose scaled context is max_position_embeddings (see apply_rope_scaling)
+EXTENDS_CONTEXT = ("yarn", "llama3")
+
+
 def apply_rope_scaling(config: PretrainedConfig, rope_scaling: dict[str, Any]) -> None:
     """Merge ``rope_scaling`` into transformers 5's ``config.rope_parameters`` and validate."""
     params = dict(rope_scaling)
@@ -264,7 +268,17 @@ def apply_rope_scaling(config: PretrainedConfig, rope_scaling: dict[str, Any]) -
         raise ModelError(f"key 'rope_scaling': rope_type '{rope_type}' needs a 'factor'")
     current = getattr(config, "rope_parameters", None) or {}
     # Keep the checkpoint's rope_theta; the user's keys win for everything they name.
-    config.rope_parameters = {**current, **params}
+    merged = {**current, **params}
+    if rope_type in EXTENDS_CONTEXT:
+        # These stretch a pretrained context (original_max_position_embeddings) to
+        # max_position_embeddings, which transformers 5 then requires to be the longer one;
+        # the frequencies come from `factor` alone, so this only makes the config say it.
+        original = merged.setdefault(
+            "original_max_position_embeddings", config.max_position_embeddings
+        )
+        extended = int(original * merged["factor"])
+        config.max_position_embeddings = max(config.max_position_embeddings, extended)
+    config.rope_parameters = merged
     try:
         config.standardize_rope_params()
         config.validate_rope()
