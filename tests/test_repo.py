@@ -19,7 +19,7 @@ LAYERS = [
     {"models"},
     {"training", "inference"},
     {"serving", "evaluation", "export"},
-    {"methods", "webui"},
+    {"methods", "webui", "selfinstruct"},  # selfinstruct uses evaluation's segmentation
     {"pipeline"},  # runs stages (methods)
     {"cli"},
     {"__main__"},

@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from llamaforge.config.sections import RunConfig
 from llamaforge.errors import LlamaforgeError
@@ -148,6 +149,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         adapters=args.adapter or [],
         threads=args.threads,
     )
+
+
+def cmd_selfinstruct(args: argparse.Namespace) -> int:
+    from llamaforge.selfinstruct import SelfInstructOptions, describe_run, run_selfinstruct
+
+    names = SelfInstructOptions.__dataclass_fields__
+    options = SelfInstructOptions(**{k: v for k, v in vars(args).items() if k in names})
+    sys.stdout.write(describe_run(options.output, run_selfinstruct(options)) + "\n")
+    return 0
 
 
 def cmd_webui(args: argparse.Namespace) -> int:
@@ -290,6 +300,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="optional YAML config")
     p.set_defaults(command_key="serve", overrides=())
 
+    p = sub.add_parser(
+        "selfinstruct",
+        help="generate instruction data from seed tasks with a chat model (resumable)",
+    )
+    p.add_argument("--output", type=Path, required=True, help="Alpaca JSON file to write")
+    p.add_argument("--num", type=int, default=100, help="records to keep")
+    p.add_argument("--lang", default="en", help="en | zh")
+    p.add_argument("--seeds", type=Path, help="seed_tasks.jsonl (default: the shipped ones)")
+    p.add_argument("--prompts", type=Path, help="directory of <name>.txt prompts to use instead")
+    p.add_argument("--endpoint", help="OpenAI-compatible base URL (default: serve --model here)")
+    p.add_argument("--model", help="model to request (no --endpoint: model to serve)")
+    p.add_argument("--api-key")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at most")
+    p.add_argument("--max-requests", type=int, help="request budget (default: 50 per record)")
+    p.add_argument("--timeout", dest="timeout_s", type=float, default=300.0, help="s/request")
+    p.add_argument("--max-retries", type=int, default=4)
+    p.add_argument("--retry-backoff", dest="backoff_s", type=float, default=1.0, help="first, s")
+    p.add_argument("--threshold", type=float, default=0.7, help="ROUGE-L above this: dropped")
+    p.add_argument("--min-words", type=int, default=3)
+    p.add_argument("--max-words", type=int, default=150)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads of the local server")
+    p.add_argument("--overwrite", action="store_true", help="start again, discarding progress")
+    p.set_defaults(command_key="selfinstruct")
+
     p = sub.add_parser("webui", help="Gradio web UI: chat, train, data preview, export")
     p.add_argument("--model", default=None)
     p.add_argument("--host", default="127.0.0.1")
@@ -361,6 +397,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "data preview": cmd_data_preview,
     "score": cmd_score,
     "serve": cmd_serve,
+    "selfinstruct": cmd_selfinstruct,
     "webui": cmd_webui,
     "export merge": cmd_export_merge,
     "export gguf": cmd_export_gguf,
