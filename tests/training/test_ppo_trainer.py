@@ -13,6 +13,9 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import TrainingArguments
 
+from llamaforge.config.sections import GenerationConfig
+from llamaforge.data import Message
+from llamaforge.inference.engine import GenerationEngine
 from llamaforge.methods.ppo_trainer import PPOSettings, PPOTrainer, rollout_schedule
 
 
@@ -38,9 +41,17 @@ def make_trainer(make_tiny_llama, tokenizer, out: Path, max_steps: int) -> PPOTr
     )
     torch.manual_seed(1)
     value_head = torch.nn.Linear(policy.config.hidden_size, 1)
-    prompts = [tokenizer(f"Question {i}: say a short word.").input_ids for i in range(6)]
+    engine = GenerationEngine(policy, tokenizer, template="chat")
+    questions = [[Message("user", f"Question {i}: say a short word.")] for i in range(6)]
+    prompts = [engine.encode(q) for q in questions]
     rows, rollout_prompts = rollout_schedule(6, 2, samples=2, ppo_epochs=2, rollouts=4, seed=0)
-    vocab_a = tokenizer.convert_tokens_to_ids("a")
+    sampling = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, top_p=1.0)
+
+    def sample(indices):
+        assert not policy.training  # no dropout while sampling
+        return [
+            list(r.token_ids) for r in engine.generate([questions[i] for i in indices], sampling)
+        ]
 
     def score(indices, texts):  # rewards the letter a
         assert len(indices) == len(texts) == 4
@@ -62,9 +73,7 @@ def make_trainer(make_tiny_llama, tokenizer, out: Path, max_steps: int) -> PPOTr
         seed=0,
     )
     settings = PPOSettings(
-        max_new_tokens=6,
         temperature=1.0,
-        top_p=1.0,
         kl_coef=0.05,
         kl_target=1.0,
         kl_horizon=100,
@@ -75,9 +84,8 @@ def make_trainer(make_tiny_llama, tokenizer, out: Path, max_steps: int) -> PPOTr
         value_coef=0.1,
         missing_eos_penalty=0.5,
         normalize_rewards=True,
-        stop_token_ids=(vocab_a, tokenizer.eos_token_id),
+        stop_token_ids=tuple(engine.stop_token_ids),
         pad_token_id=tokenizer.pad_token_id,
-        generation_batch=3,
     )
     return PPOTrainer(
         model=policy,
@@ -86,6 +94,7 @@ def make_trainer(make_tiny_llama, tokenizer, out: Path, max_steps: int) -> PPOTr
         processing_class=tokenizer,
         prompts=prompts,
         rollout_prompts=rollout_prompts,
+        sample=sample,
         score=score,
         value_head=value_head,
         settings=settings,

@@ -48,7 +48,9 @@ logger = logging.getLogger(__name__)
 VALUE_HEAD_FILE = "value_head.safetensors"
 STATE_FILE = "ppo_state.pt"
 
-# Scores the decoded responses of prompts (by index) → one float each.
+# Samples a response (token ids) for each prompt (by index) from the live policy.
+SampleFunction = Callable[[Sequence[int]], list[list[int]]]
+# Scores the responses (decoded text) to prompts (by index) → one float each.
 ScoreFunction = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
 
 
@@ -83,9 +85,8 @@ class PPOSettings:
     """What PPOTrainer needs beyond TrainingArguments (methods/ppo.py fills it from the
     config)."""
 
-    max_new_tokens: int
     temperature: float
-    top_p: float
+    """The sampling temperature, which also divides the logits of the log-probs."""
     kl_coef: float
     kl_target: float | None
     kl_horizon: int
@@ -98,7 +99,6 @@ class PPOSettings:
     normalize_rewards: bool
     stop_token_ids: tuple[int, ...]
     pad_token_id: int
-    generation_batch: int
 
 
 @dataclasses.dataclass
@@ -122,13 +122,16 @@ class Rollout:
 class PPOTrainer(Trainer):
     """PPO on ``prompts`` (token ids, chat template applied) with rewards from ``score``;
     ``model`` is the policy (a peft model: the reference is its adapter disabled),
-    ``value_head`` a linear layer over its last hidden state."""
+    ``value_head`` a linear layer over its last hidden state, ``sample`` draws responses
+    from ``model`` (called in eval mode, no dropout, under a seed of its rollout batch's
+    own)."""
 
     def __init__(
         self,
         *args: Any,
         prompts: Sequence[list[int]],
         rollout_prompts: Sequence[list[int]],
+        sample: SampleFunction,
         score: ScoreFunction,
         value_head: nn.Linear,
         settings: PPOSettings,
@@ -139,6 +142,7 @@ class PPOTrainer(Trainer):
         super().__init__(*args, data_collator=default_data_collator, **kwargs)
         self.loss_is_scaled_for_ga = False  # the Trainer divides by the accumulation steps
         self.prompts = [list(p) for p in prompts]
+        self.sample = sample
         self.score = score
         self.value_head = value_head
         self.settings = settings
@@ -214,45 +218,17 @@ class PPOTrainer(Trainer):
         return logprobs, values, logits
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], rollout: int) -> list[list[int]]:
-        """Sampled responses (ids up to and including the first stop token, or cut at
-        ``max_new_tokens``) of the live policy, dropout off, seeded by the rollout index."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        responses: list[list[int]] = []
-        stops = set(self.settings.stop_token_ids)
-        pad = self.settings.pad_token_id
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 100003 + rollout)
-            for start in range(0, len(prompts), self.settings.generation_batch):
-                chunk = prompts[start : start + self.settings.generation_batch]
-                width = max(len(p) for p in chunk)
-                ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
-                attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-                out = model.generate(
-                    input_ids=ids.to(model.device),
-                    attention_mask=attention.to(model.device),
-                    do_sample=True,
-                    temperature=self.settings.temperature,
-                    top_p=self.settings.top_p,
-                    top_k=0,
-                    max_new_tokens=self.settings.max_new_tokens,
-                    eos_token_id=list(stops),
-                    pad_token_id=pad,
-                )
-                for row in out[:, width:].tolist():
-                    end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-                    responses.append(row[:end])
-        model.train(was_training)
-        return responses
-
-    @torch.no_grad()
     def make_rollout(self, index: int) -> Rollout:
         s = self.settings
         prompt_ids = self.rollout_prompts[index]
         prompts = [self.prompts[i] for i in prompt_ids]
-        responses = self.generate(prompts, index)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 100003 + index)
+            responses = self.sample(prompt_ids)
+        model.train(was_training)
         tokenizer = self.processing_class
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         scores = torch.tensor([float(x) for x in self.score(prompt_ids, texts)])
@@ -276,8 +252,6 @@ class PPOTrainer(Trainer):
             mask.append([1.0] * len(r) + [0.0] * right)
         sequences, attention_mask = torch.tensor(rows), torch.tensor(attention)
         response_mask = torch.tensor(mask)
-        model = self.model
-        was_training = model.training
         model.eval()
         logprobs, values, _ = self.forward_response(model, (sequences, attention_mask), width_r)
         with model.disable_adapter():
