@@ -321,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-words", type=int, default=3)
     p.add_argument("--max-words", type=int, default=150)
     p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-tokens", dest="instance_tokens", type=int, default=256, help="answer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads of the local server")
     p.add_argument("--overwrite", action="store_true", help="start again, discarding progress")

@@ -77,10 +77,10 @@ def brainstorm_answer(prompt: str, rng: random.Random) -> str:
 
 
 def instance_answer(rng: random.Random, output_first: bool) -> str:
-    """One instance; some without markers, empty, input == output or in Chinese."""
+    """One instance; some unreadable, empty, input == output or in Chinese."""
     roll = rng.random()
     if roll < 0.06:
-        return "I am not sure what to write."
+        return f"Input: {words(rng, 4)}"  # no output
     if roll < 0.12:
         same = words(rng, 4)
         return f"Input: {same}\nOutput: {same}"
@@ -90,7 +90,9 @@ def instance_answer(rng: random.Random, output_first: bool) -> str:
         return f"Input: {words(rng, 3)}\nOutput: 这是一个用中文写的回答"
     if output_first:
         return f"Class label: {rng.choice(['Positive', 'Negative'])}\nInput: {words(rng, 5)}"
-    given = "none" if roll < 0.5 else words(rng, 4)
+    if roll < 0.4:
+        return f"{words(rng, 8)}."  # a task without input: just the answer
+    given = "none" if roll < 0.6 else words(rng, 4)
     return f"Input: {given}\nOutput: {words(rng, 8)}."
 
 

@@ -89,16 +89,16 @@ def test_shipped_prompts_render_and_an_edited_prompt_replaces_one(tmp_path):
     seeds = read_seed_tasks(shipped_seed_path("en"))
     prompts = load_prompts("en")
     text = prompts.brainstorm(["First task.", "Second task."], 5)
-    assert "1. First task.\n2. Second task." in text and "numbered 1 to 5" in text
+    assert "1. First task.\n2. Second task." in text and "Number them 1 to 5" in text
     classification = next(s for s in seeds if s.is_classification)
-    text = prompts.instance("Is it sunny?", classification, output_first=True)
+    text = prompts.instance_output_first("Is it sunny?", classification)
     first = classification.instances[0]
     assert f"Class label: {first.output}\nInput: {first.input}" in text
     assert text.endswith("Task: Is it sunny?\n")
-    zh = load_prompts("zh").instance(
-        "判断天气。", read_seed_tasks(shipped_seed_path("zh"))[0], False
-    )
-    assert "输入：无\n输出：" in zh and zh.endswith("任务：判断天气。\n")
+    assert prompts.instance_input_first("Name a bird.").endswith("Task: Name a bird.\n")
+    zh_seeds = read_seed_tasks(shipped_seed_path("zh"))
+    zh = load_prompts("zh").instance_output_first("判断天气。", zh_seeds[1])
+    assert "类别：正面\n输入：快递很快" in zh and zh.endswith("任务：判断天气。\n")
 
     (tmp_path / "classify.txt").write_text("Classification? $instruction (costs $$0)")
     edited = load_prompts("en", tmp_path)
@@ -133,8 +133,13 @@ def test_answers_are_read_in_either_language():
     )
     assert parse_instance("输入：无\n输出：你好。", False) == ("", "你好。")
     assert parse_instance("类别：正面\n输入：很好用。", True) == ("很好用。", "正面")
-    assert parse_instance("Just some text.", False) is None
+    # an answer without markers answers a task that takes no input; an input needs an output
+    assert parse_instance("Blue light scatters most.\n\nTask: more", False) == (
+        "",
+        "Blue light scatters most.",
+    )
     assert parse_instance("Input: something", False) is None
+    assert parse_instance("It is even.", True) is None  # a class label is required
 
     assert parse_is_classification("Yes, it is.") and parse_is_classification("是")
     assert not parse_is_classification("No.") and not parse_is_classification("不是")

@@ -173,9 +173,13 @@ async def _complete(run: _Run, key: str, instruction: str) -> None:
             run.prompts.classify(instruction), max_tokens=CLASSIFY_TOKENS, temperature=0.0, seed=0
         )
         output_first = parse_is_classification(answer.text)
-        examples = [s for s in run.seeds if s.is_classification == output_first] or run.seeds
+        if output_first:
+            examples = [s for s in run.seeds if s.is_classification] or run.seeds
+            prompt = run.prompts.instance_output_first(instruction, rng.choice(examples))
+        else:
+            prompt = run.prompts.instance_input_first(instruction)
         reply = await run.client.chat(
-            run.prompts.instance(instruction, rng.choice(examples), output_first),
+            prompt,
             max_tokens=options.instance_tokens,
             temperature=options.temperature,
             seed=rng.randrange(2**31),

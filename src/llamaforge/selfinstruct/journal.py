@@ -7,7 +7,8 @@ before the run moves on:
 - ``brainstorm``: request ``id`` done, how many instructions it gave, the ones dropped by
   each filter, and the ones ``queued`` (passed, waiting for an instance), each with a key;
 - ``kept``: an instruction's record (instruction, input, output);
-- ``dropped``: a queued instruction that failed later, with the reason.
+- ``dropped``: a queued instruction that failed later, with the reason;
+- ``session`` when a session starts, ``stopped`` when it ends (not after a kill).
 
 Each event also carries the request counters and the session's elapsed seconds. So a
 SIGKILL loses at most the requests in flight: every accepted record and every counter

@@ -2,15 +2,17 @@
 
 Contract: a prompt set is four files per language in ``prompts/<lang>/`` (shipped with the
 package): ``brainstorm.txt`` ($tasks, $count: write new instructions), ``classify.txt``
-($instruction: is it a classification task?), ``instance_input_first.txt`` and
-``instance_output_first.txt`` ($example, $instruction: one instance, the input first, or for
-classification tasks the class label first). ``--prompts DIR`` replaces any of them with
+($instruction: is it a classification task?), ``instance_input_first.txt`` ($instruction:
+an input if the task needs one, then the output — or just the output) and
+``instance_output_first.txt`` ($example, $instruction: for classification tasks, the class
+label first, then an input of that class; $example is a seed task in that layout). ``--prompts DIR`` replaces any of them with
 ``DIR/<name>.txt``; a file that uses an unknown ``$name`` or misses a required one is a
 ConfigError naming the file. Placeholders are ``string.Template`` ones (``$$`` is a dollar).
 
 The answers are read with fixed markers, in either language: numbered or bulleted lines for
 new instructions; ``Input:`` / ``Output:`` / ``Class label:`` (``输入：`` / ``输出：`` /
-``类别：``) for instances; yes/no (是/否) for the classification question. A prompt edited to
+``类别：``) for instances (an input-first answer with neither ``Input:`` nor ``Output:`` is the
+output of a task without input); yes/no (是/否) for the classification question. A prompt edited to
 ask for other markers needs these readers changed too.
 """
 
@@ -29,7 +31,7 @@ from llamaforge.selfinstruct.seeds import SeedTask
 PLACEHOLDERS = {
     "brainstorm": {"tasks", "count"},
     "classify": {"instruction"},
-    "instance_input_first": {"example", "instruction"},
+    "instance_input_first": {"instruction"},
     "instance_output_first": {"example", "instruction"},
 }
 # How an example instance is laid out in the instance prompts (and read back from answers).
@@ -82,22 +84,22 @@ class Prompts:
     def classify(self, instruction: str) -> str:
         return self.templates["classify"].substitute(instruction=instruction)
 
-    def instance(self, instruction: str, example: SeedTask, output_first: bool) -> str:
-        labels = LABELS[self.lang]
-        first = example.instances[0]
-        given = first.input.strip() or ("none" if self.lang == "en" else "无")
+    def instance_input_first(self, instruction: str) -> str:
+        return self.templates["instance_input_first"].substitute(instruction=instruction)
+
+    def instance_output_first(self, instruction: str, example: SeedTask) -> str:
+        """The classification-instance prompt; ``example`` is shown as task, label, input."""
+        labels, first = LABELS[self.lang], example.instances[0]
         colon = "：" if self.lang == "zh" else ": "
-        lines = [f"{labels['task']}{colon}{example.instruction}"]
-        if output_first:
-            lines += [f"{labels['label']}{colon}{first.output}", f"{labels['input']}{colon}{given}"]
-            name = "instance_output_first"
-        else:
-            lines += [
-                f"{labels['input']}{colon}{given}",
-                f"{labels['output']}{colon}{first.output}",
-            ]
-            name = "instance_input_first"
-        return self.templates[name].substitute(example="\n".join(lines), instruction=instruction)
+        given = first.input.strip() or ("none" if self.lang == "en" else "无")
+        lines = [
+            f"{labels['task']}{colon}{example.instruction}",
+            f"{labels['label']}{colon}{first.output}",
+            f"{labels['input']}{colon}{given}",
+        ]
+        return self.templates["instance_output_first"].substitute(
+            example="\n".join(lines), instruction=instruction
+        )
 
 
 def _identifiers(template: Template) -> set[str]:
@@ -162,10 +164,13 @@ def parse_is_classification(text: str) -> bool:
 
 
 def parse_instance(text: str, output_first: bool) -> tuple[str, str] | None:
-    """``(input, output)`` of an instance answer, or None when the markers are missing.
+    """``(input, output)`` of an instance answer, or None when it cannot be read.
 
     Each field runs to the next marker; a second ``Task:`` (the model starting another
-    example) ends the instance. An input of "none"/"无" is an empty input.
+    example) ends the instance. An input of "none"/"无" is an empty input. Output-first
+    answers need a class label (or output) marker; an input-first answer without ``Input:``
+    and ``Output:`` is an answer to a task without input (up to any ``Task:`` marker), and
+    one with an input but no output is None.
     """
     fields: dict[str, str] = {}
     marks = list(_MARKER.finditer(text))
@@ -175,12 +180,14 @@ def parse_instance(text: str, output_first: bool) -> tuple[str, str] | None:
         if kind == "task" and fields:
             break
         fields.setdefault(kind, text[mark.end() : end].strip())
-    answer = fields.get("label" if output_first else "output")
-    if answer is None and output_first:
-        answer = fields.get("output")
-    if answer is None:
-        return None
     given = fields.get("input", "")
     if given.strip().strip(".。").lower() in NONE_INPUTS:
         given = ""
-    return given, answer
+    if output_first:
+        answer = fields.get("label", fields.get("output"))
+        return None if answer is None else (given, answer)
+    if "output" in fields:
+        return given, fields["output"]
+    if "input" in fields:
+        return None
+    return "", text[: marks[0].start() if marks else len(text)].strip()
