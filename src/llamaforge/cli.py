@@ -114,6 +114,25 @@ def cmd_score(args: argparse.Namespace) -> int:
     return run_score(cfg, args.data, args.output)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    cfg = _load_config(args, (*MODEL_FLAGS, "template", "dataset_dir"))
+    from llamaforge.evaluation.commands import EvalOptions, run_eval
+
+    options = EvalOptions(
+        suite=args.suite,
+        data=args.data,
+        shots=args.shots,
+        split=args.split,
+        output=args.output,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        subjects=tuple(s for s in (args.subjects or "").split(",") if s),
+        prompt_style=args.prompt_style,
+        block_size=args.block_size,
+    )
+    return run_eval(cfg, options)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from llamaforge.config import load_run_config
 
@@ -288,6 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="optional YAML config")
     p.set_defaults(command_key="score", overrides=())
 
+    p = sub.add_parser(
+        "eval", help="score a model: multiple-choice suites (MMLU/C-Eval/CMMLU CSVs), perplexity"
+    )
+    _add_model_args(p)
+    p.add_argument("--suite", required=True, help="suite folder (dev/ + test/ CSVs) or 'ppl'")
+    p.add_argument("--data", default=None, help="--suite ppl: text, JSONL or dataset to score")
+    p.add_argument("--shots", type=int, default=0, help="few-shot examples from dev/ (first K)")
+    p.add_argument("--split", default="test", help="split folder scored (test, val, dev)")
+    p.add_argument("--subjects", default=None, help="comma-separated subjects (default: all)")
+    p.add_argument("--limit", type=int, default=None, help="first N questions of each subject")
+    p.add_argument("--batch-size", type=int, default=16, help="questions (rows) per forward")
+    p.add_argument(
+        "--prompt-style", default="auto", help="auto | mmlu | cmmlu | ceval (auto: by language)"
+    )
+    p.add_argument("--block-size", type=int, default=None, help="ppl: tokens per window")
+    p.add_argument("--template", default=None, help="ppl on conversations: prompt template")
+    p.add_argument("--dataset-dir", default=None, help="ppl: folder of dataset_info.json")
+    p.add_argument("--output", default=None, help="directory for results.json")
+    p.add_argument("--config", help="optional YAML config")
+    p.set_defaults(command_key="eval", overrides=())
+
     p = sub.add_parser("serve", help="OpenAI-compatible API server (/v1/chat/completions, ...)")
     p.add_argument("--model", default=None)
     p.add_argument("--dtype", default=None)
@@ -397,6 +437,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "chat": cmd_chat,
     "data preview": cmd_data_preview,
     "score": cmd_score,
+    "eval": cmd_eval,
     "serve": cmd_serve,
     "selfinstruct": cmd_selfinstruct,
     "webui": cmd_webui,
