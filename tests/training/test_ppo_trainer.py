@@ -53,8 +53,8 @@ def make_trainer(make_tiny_llama, tokenizer, out: Path, max_steps: int) -> PPOTr
             list(r.token_ids) for r in engine.generate([questions[i] for i in indices], sampling)
         ]
 
-    def score(indices, texts):  # rewards the letter a
-        assert len(indices) == len(texts) == 4
+    def score(indices, texts, ids):  # rewards the letter a
+        assert len(indices) == len(texts) == len(ids) == 4
         return [t.count("a") / max(len(t), 1) for t in texts]
 
     args = TrainingArguments(

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import Trainer, default_data_collator
+from transformers import Trainer
 
 from llamaforge.methods.ppo_objective import (
     KLController,
@@ -50,8 +50,8 @@ STATE_FILE = "ppo_state.pt"
 
 # Samples a response (token ids) for each prompt (by index) from the live policy.
 SampleFunction = Callable[[Sequence[int]], list[list[int]]]
-# Scores the responses (decoded text) to prompts (by index) → one float each.
-ScoreFunction = Callable[[Sequence[int], Sequence[str]], Sequence[float]]
+# Scores the responses (decoded text, and ids) to prompts (by index) → one float each.
+ScoreFunction = Callable[[Sequence[int], Sequence[str], Sequence[list[int]]], Sequence[float]]
 
 
 def rollout_schedule(
@@ -78,6 +78,11 @@ def rollout_schedule(
             shuffled = torch.randperm(len(prompts[-1]), generator=generator).tolist()
             rows += [{"rollout": rollout, "row": j} for j in shuffled]
     return rows, prompts
+
+
+def schedule_rows(features: list[dict[str, int]]) -> list[dict[str, int]]:
+    """The collator: a micro-batch is its schedule rows."""
+    return list(features)
 
 
 @dataclasses.dataclass
@@ -138,8 +143,9 @@ class PPOTrainer(Trainer):
         seed: int,
         **kwargs: Any,
     ) -> None:
-        # Schedule rows are two integers: not the tokenizer's padding collator.
-        super().__init__(*args, data_collator=default_data_collator, **kwargs)
+        # Batches are the schedule rows as they are (not tensors): the pre-flight then knows
+        # they are rollouts to sample, as GRPO's prompts, and does not time a step with them.
+        super().__init__(*args, data_collator=schedule_rows, **kwargs)
         self.loss_is_scaled_for_ga = False  # the Trainer divides by the accumulation steps
         self.prompts = [list(p) for p in prompts]
         self.sample = sample
@@ -231,7 +237,7 @@ class PPOTrainer(Trainer):
         model.train(was_training)
         tokenizer = self.processing_class
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-        scores = torch.tensor([float(x) for x in self.score(prompt_ids, texts)])
+        scores = torch.tensor([float(x) for x in self.score(prompt_ids, texts, responses)])
         if len(scores) != len(prompts):
             raise RuntimeError(f"the reward gave {len(scores)} scores for {len(prompts)} responses")
         ended = torch.tensor([bool(r) and r[-1] in s.stop_token_ids for r in responses])
@@ -279,15 +285,17 @@ class PPOTrainer(Trainer):
     def compute_loss(
         self,
         model: nn.Module,
-        inputs: dict[str, Any],
+        inputs: list[dict[str, int]],  # type: ignore[override]
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        index = int(inputs["rollout"][0])
+        index = int(inputs[0]["rollout"])
+        if any(row["rollout"] != index for row in inputs):
+            raise RuntimeError("a micro-batch spans two rollout batches; check the schedule")
         if self.rollout is None or self.rollout.index != index:
             self.rollout = self.make_rollout(index)
         rollout = self.rollout
-        rows = inputs["row"].long()
+        rows = torch.tensor([row["row"] for row in inputs])
         mask = rollout.mask[rows]
         width = mask.shape[1]
         logprobs, values, logits = self.forward_response(
