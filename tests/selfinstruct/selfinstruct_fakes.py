@@ -69,9 +69,9 @@ def brainstorm_answer(prompt: str, rng: random.Random) -> str:
         elif roll < 0.38:
             text = f"Explain {words(rng, 160)}."  # too long
         elif roll < 0.48:
-            text = f"Classify {words(rng, 6)}."
+            text = f"Classify the {words(rng, 6)}."
         else:
-            text = f"{rng.choice(VERBS)} {words(rng, 7)}."
+            text = f"{rng.choice(VERBS)} the {words(rng, 3)} of {words(rng, 4)}."
         lines.append(f"{i}. {text}")
     return "Here are new tasks:\n" + "\n".join(lines)
 

@@ -36,6 +36,8 @@ INSTRUCTIONS = [
     ("en", '"Quote" the text back to me, please.', "starts_with_punctuation"),
     ("en", "Write a program that sorts a list of numbers.", "write_a_program"),
     ("en", "请写一首关于春天的诗。", "wrong_language"),
+    ("en", "Deselegamos de respirare el cielo a la lluvias.", "wrong_language"),
+    ("en", "True de prueba la estructura del texto.", "wrong_language"),
     ("zh", "Write a poem about spring in three lines.", "wrong_language"),
     ("zh", "请画一只猫。", "blacklisted"),
     ("zh", "编写一个程序计算两个数的和。", "write_a_program"),
@@ -51,7 +53,12 @@ def test_each_instruction_filter_names_its_reason(lang, text, reason):
 
 
 def test_clean_instructions_pass_and_blacklisted_words_match_whole_words():
-    for text in ["Fill in your profile in two sentences.", "Give three tips for sleeping well."]:
+    for text in [
+        "Fill in your profile in two sentences.",
+        "Give three tips for sleeping well.",
+        "Summarize quantum physics basics briefly.",  # short: no common word needed
+        "Suggest names for a new bakery selling only bread.",
+    ]:
         assert instruction_problem(text, "en", Limits()) is None
     assert (
         instruction_problem("用三句话介绍你的家乡，并说明你最喜欢它的什么地方。", "zh", Limits())
@@ -120,6 +127,10 @@ def test_answers_are_read_in_either_language():
     assert parse_instructions(answer, 2) == ["Write a haiku.", "Name three birds."]
     assert parse_instructions("Explain how tides work.", 8) == ["Explain how tides work."]
     assert parse_instructions("I cannot.\nSorry.", 8) == []
+    assert parse_instructions("1. 1. Name a color.\n2. 2) Name a bird.", 8) == [
+        "Name a color.",
+        "Name a bird.",
+    ]
     assert parse_instructions("1、介绍长城。\n2．写一句祝福语。", 8) == [
         "介绍长城。",
         "写一句祝福语。",

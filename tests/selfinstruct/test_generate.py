@@ -17,8 +17,8 @@ from llamaforge.selfinstruct.filters import REASONS
 def test_faults_are_retried_or_skipped_and_every_kept_record_is_clean(quick_options, tmp_path):
     # One request at a time: the run (and so which fault each request meets) is the same
     # every time.
-    with FakeEndpoint(faults=True, hang_s=0.5) as fake:
-        options = quick_options(fake.url, num=60, concurrency=1, timeout_s=0.2, max_retries=3)
+    with FakeEndpoint(faults=True, hang_s=0.4) as fake:
+        options = quick_options(fake.url, num=60, concurrency=1, timeout_s=0.15, max_retries=3)
         stats = run_selfinstruct(options)
     assert set(fake.faults_served) == set(FAULTS.values())
 

@@ -36,43 +36,17 @@ REASONS = {
     "output_wrong_language": "the instance's output is not in the run's language",
 }
 
+# fmt: off
 BLACKLIST = {
     "en": (
-        "image",
-        "images",
-        "graph",
-        "graphs",
-        "picture",
-        "pictures",
-        "file",
-        "files",
-        "map",
-        "maps",
-        "draw",
-        "plot",
-        "go to",
-        "video",
-        "audio",
-        "music",
-        "flowchart",
-        "diagram",
+        "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map",
+        "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
     ),
     "zh": (
-        "图片",
-        "图像",
-        "照片",
-        "图表",
-        "画",
-        "绘制",
-        "文件",
-        "地图",
-        "视频",
-        "音频",
-        "音乐",
-        "流程图",
-        "示意图",
+        "图片", "图像", "照片", "图表", "画", "绘制", "文件", "地图", "视频", "音频", "音乐", "流程图", "示意图",
     ),
 }
+# fmt: on
 PROGRAM_STARTS = {"en": ("write a program",), "zh": ("编写一个程序", "写一个程序", "编写程序")}
 
 _LATIN = "A-Za-z\u00c0-\u024f"
@@ -81,6 +55,19 @@ _HAN_CHAR = re.compile(f"[{HAN_RANGES}]")
 _OTHER_WORD = re.compile(f"[^\\W\\d_{_LATIN}{HAN_RANGES}]+")
 # Share of the text's words (a Han character counts as one) that must be in the language.
 MIN_LANGUAGE_SHARE = {"en": 0.6, "zh": 0.5}
+# An English instruction of this many words or more has one of these words; Spanish, French
+# or Italian in Latin script (which small models drift into) has none. Words shared with
+# those languages (a, no, me, la, ...) are left out.
+ENGLISH_CHECK_WORDS = 6
+# fmt: off
+ENGLISH_WORDS = frozenset({
+    "the", "an", "of", "to", "in", "on", "for", "and", "or", "is", "are", "be", "it", "this",
+    "that", "these", "those", "with", "from", "by", "as", "at", "what", "how", "why", "which",
+    "who", "you", "your", "i", "my", "we", "each", "into", "about", "can", "do", "does", "if",
+    "than", "they", "their", "will", "should", "would", "one", "two", "three", "give", "write",
+    "make", "list", "name", "explain", "describe", "tell", "find", "use", "not",
+})
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -101,6 +88,12 @@ def in_language(text: str, lang: str) -> bool:
     if total == 0:
         return True
     return (han if lang == "zh" else latin) / total >= MIN_LANGUAGE_SHARE[lang]
+
+
+def looks_english(instruction: str) -> bool:
+    """False for a longer instruction in Latin script without a single common English word."""
+    words = [w.lower() for w in _LATIN_WORD.findall(instruction)]
+    return len(words) < ENGLISH_CHECK_WORDS or not ENGLISH_WORDS.isdisjoint(words)
 
 
 def _is_punctuation(char: str) -> bool:
@@ -131,7 +124,7 @@ def instruction_problem(instruction: str, lang: str, limits: Limits) -> str | No
         return "starts_with_punctuation"
     if text.lower().startswith(PROGRAM_STARTS[lang]):
         return "write_a_program"
-    if not in_language(text, lang):
+    if not in_language(text, lang) or (lang == "en" and not looks_english(text)):
         return "wrong_language"
     return None
 

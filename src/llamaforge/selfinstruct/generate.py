@@ -19,7 +19,7 @@ a killed run restarted with the same command continues where it stopped, re-send
 the requests that were in flight. Sampling is seeded per request from ``seed`` and the
 request's identity, and a resumed run re-sends a lost request with the same seed. The
 outputs (:mod:`llamaforge.selfinstruct.outputs`) are written at the end, also when the run
-stops early.
+stops early: request budget spent, SIGTERM or Ctrl-C (the requests in flight are dropped).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ import contextlib
 import hashlib
 import logging
 import random
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -85,6 +87,7 @@ class _Run:
         self.completing = 0
         self.next_brainstorm = 0
         self.budget_spent = False
+        self.terminated = False  # SIGTERM
         self.started = started
         self.changed = asyncio.Event()
         self.bar = tqdm(
@@ -223,10 +226,27 @@ async def _worker(run: _Run) -> None:
 
 
 async def _generate(run: _Run) -> None:
+    """Run the workers; SIGTERM stops them (the requests in flight are dropped) and returns
+    normally, so the outputs are written as after Ctrl-C."""
     workers = [asyncio.ensure_future(_worker(run)) for _ in range(run.options.concurrency)]
+    loop = asyncio.get_running_loop()
+
+    def terminate() -> None:
+        run.terminated = True
+        for worker in workers:
+            worker.cancel()
+
+    handled = threading.current_thread() is threading.main_thread()
+    if handled:
+        loop.add_signal_handler(signal.SIGTERM, terminate)
     try:
         await asyncio.gather(*workers)
+    except asyncio.CancelledError:
+        if not run.terminated:
+            raise
     finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGTERM)
         for worker in workers:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
@@ -313,7 +333,10 @@ def run_selfinstruct(options: SelfInstructOptions) -> dict[str, Any]:
             )
             run = _Run(options, prompts, seeds, progress, journal, client, started)
             asyncio.run(_generate(run))
-            stopped = "done" if run.kept >= options.num else "request budget spent"
+            if run.terminated:
+                stopped = "terminated"
+            else:
+                stopped = "done" if run.kept >= options.num else "request budget spent"
     finally:
         # the counters and time as they stand (requests after the last event included)
         journal.append(
@@ -337,7 +360,9 @@ def run_selfinstruct(options: SelfInstructOptions) -> dict[str, Any]:
             seeds=str(seeds_path),
         )
         write_outputs(options.output, progress.kept, statistics)
-    if stopped != "done":
+    if stopped == "terminated":
+        logger.warning("terminated: %d of %d records kept", len(progress.kept), options.num)
+    elif stopped != "done":
         logger.warning(
             "stopped after %d requests (budget %d): %d of %d records kept; raise --max-requests "
             "and run the same command again to continue",

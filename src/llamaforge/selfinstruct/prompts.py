@@ -42,6 +42,7 @@ LABELS = {
 NONE_INPUTS = {"none", "<none>", "(none)", "n/a", "no input", "empty", "无", "（无）", "没有"}
 
 _ITEM = re.compile(r"^\s*(?:\(?\d{1,3}\s*[.)、:：．]|[-*•])\s*(.+?)\s*$")
+_NUMBER = re.compile(r"^(?:\d{1,3}\s*[.)、:：．]\s*)+")
 _TASK_PREFIX = re.compile(
     r"^(?:\*\*)?(?:task|instruction|任务|指令)\s*\d*\s*(?:\*\*)?\s*[:：]\s*", re.I
 )
@@ -153,6 +154,7 @@ def parse_instructions(text: str, limit: int) -> list[str]:
     items = [m.group(1) for m in map(_ITEM.match, lines) if m is not None]
     if not items and len(lines) == 1:
         items = [lines[0]]
+    items = [_NUMBER.sub("", item) for item in items]  # "1. 1. Task" → "Task"
     cleaned = [_TASK_PREFIX.sub("", item).strip().strip("*").strip() for item in items]
     return [item for item in cleaned if item][:limit]
 
