@@ -96,12 +96,41 @@ def instance_answer(rng: random.Random, output_first: bool) -> str:
     return f"Input: {given}\nOutput: {words(rng, 8)}."
 
 
+# fmt: off
+ZH_WORDS = ["春天", "大海", "月亮", "城市", "朋友", "学校", "电脑", "历史", "天气", "森林", "河流",
+            "早餐", "火车", "医生", "科学", "节日", "运动", "书店", "花园", "山脉", "市场", "邮件"]
+# fmt: on
+ZH_VERBS = ["介绍", "解释", "比较", "总结", "描述", "评价"]
+
+
+def brainstorm_answer_zh(prompt: str, rng: random.Random) -> str:
+    """Eight numbered Chinese instructions: new ones, copies, paraphrases, English, a drawing."""
+    examples = re.findall(r"^\d+\. (.+)$", prompt, re.M)
+    lines = []
+    for i in range(1, 9):
+        roll = rng.random()
+        if roll < 0.1:
+            text = rng.choice(examples)
+        elif roll < 0.25:
+            text = rng.choice(examples).rstrip("。？") + "吧。"  # a paraphrase
+        elif roll < 0.35:
+            text = "Describe the history of the city in three sentences."
+        elif roll < 0.42:
+            text = f"画一只{rng.choice(ZH_WORDS)}。"
+        else:
+            text = rng.choice(ZH_VERBS) + "".join(rng.sample(ZH_WORDS, 5)) + "。"
+        lines.append(f"{i}. {text}")
+    return "\n".join(lines)
+
+
 class FakeEndpoint:
     """``with FakeEndpoint() as fake:`` serves ``fake.url`` from a thread."""
 
-    def __init__(self, *, faults: bool = False, delay_s: float = 0.0, hang_s: float = 1.0) -> None:
-        self.faults, self.delay_s, self.hang_s = faults, delay_s, hang_s
-        prompts = load_prompts("en")
+    def __init__(
+        self, *, faults: bool = False, delay_s: float = 0.0, hang_s: float = 1.0, lang: str = "en"
+    ) -> None:
+        self.faults, self.delay_s, self.hang_s, self.lang = faults, delay_s, hang_s, lang
+        prompts = load_prompts(lang)
         self.prefixes = {
             name: template.template.split("$")[0][:40]
             for name, template in prompts.templates.items()
@@ -162,6 +191,13 @@ class FakeEndpoint:
     def reply(self, content: str, seed: int) -> str:
         rng = random.Random(seed)
         stage = self.stage(content)
+        if self.lang == "zh":
+            if stage == "brainstorm":
+                return brainstorm_answer_zh(content, rng)
+            instruction = content.rsplit("任务：", 1)[1].strip().splitlines()[0]
+            if stage == "classify":
+                return "否"
+            return "输入：无\n输出：" + "".join(rng.sample(ZH_WORDS, 4)) + "。"
         if stage == "brainstorm":
             return brainstorm_answer(content, rng)
         instruction = content.rsplit("Task: ", 1)[1].strip().splitlines()[0]

@@ -38,6 +38,19 @@ def test_faults_are_retried_or_skipped_and_every_kept_record_is_clean(quick_opti
     assert registry["data"] == {"file_name": "data.json", "formatting": "alpaca"}
 
 
+def test_a_chinese_run_drops_paraphrases_by_segmented_rouge(quick_options):
+    with FakeEndpoint(lang="zh") as fake:
+        stats = run_selfinstruct(quick_options(fake.url, num=15, lang="zh"))
+    records = json.loads(quick_options(None).output.read_text(encoding="utf-8"))
+    assert len(records) == 15
+    recheck_records(records, lang="zh")
+    check_statistics(stats, records)
+    dropped = stats["dropped_by_reason"]
+    # paraphrases ("...吧。") are caught only by the segmented ROUGE-L
+    assert dropped["similar"] > 0 and dropped["exact_duplicate"] > 0
+    assert dropped["wrong_language"] > 0 and dropped["blacklisted"] > 0
+
+
 def test_the_budget_stops_the_run_and_a_rerun_continues_it(quick_options, caplog):
     with FakeEndpoint() as fake:
         first = run_selfinstruct(quick_options(fake.url, num=15, max_requests=12))
