@@ -10,6 +10,7 @@ import pytest
 from eval_helpers import SUITE_EN, SUITE_ZH, check_against_direct, direct_loglikelihoods
 
 from llamaforge.cli import main
+from llamaforge.errors import DataError
 from llamaforge.evaluation.multiple_choice import (
     evaluate_subject,
     evaluate_suite,
@@ -101,3 +102,10 @@ def test_eval_command_writes_results_json(tiny_model_dir, tmp_path, capsys):
         "world_geography",
     }
     assert f"acc {correct / 6:.4f}" in printed
+
+
+def test_prompts_longer_than_the_model_are_refused(make_tiny_llama, smollm2_tokenizer):
+    model = make_tiny_llama(max_positions=64)
+    suite = read_suite(SUITE_EN, shots=3, subjects=["world_geography"])
+    with pytest.raises(DataError, match=r"world_geography_test\.csv:\d+: the prompt is \d+ tok"):
+        evaluate_suite(model, smollm2_tokenizer, suite, "mmlu", show_progress=False)

@@ -245,12 +245,12 @@ def score_rows(
 
 def _check_length(model: Any, rows: Sequence[Row], subject: Subject) -> None:
     limit = getattr(model.config, "max_position_embeddings", None)
-    longest = max(rows, key=lambda r: len(r.tokens) + max(len(t) for t in r.targets) - 1)
-    length = len(longest.tokens)
-    if limit is not None and length > limit:
+    longest = max(rows, key=lambda r: len(r.tokens))
+    if limit is not None and len(longest.tokens) > limit:
         raise DataError(
-            f"{subject.questions[longest.question].source}: the prompt is {length} tokens, "
-            f"more than the model's {limit} positions; evaluate with fewer --shots"
+            f"{subject.questions[longest.question].source}: the prompt is "
+            f"{len(longest.tokens)} tokens, more than the model's {limit} positions; "
+            "evaluate with fewer --shots"
         )
 
 
