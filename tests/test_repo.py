@@ -19,6 +19,7 @@ LAYERS = [
     {"models"},
     {"training", "inference"},
     {"serving", "evaluation", "export"},
+    {"rewards"},  # reward-model scores (evaluation's scorer), held-out answers (inference)
     {"methods", "webui", "selfinstruct"},  # selfinstruct uses evaluation's segmentation
     {"pipeline"},  # runs stages (methods)
     {"cli"},

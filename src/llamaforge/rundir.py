@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from llamaforge.config.loader import config_to_dict
-from llamaforge.config.sections import RunConfig
+from llamaforge.config.loader import STAGE_SECTIONS, config_to_dict
+from llamaforge.config.sections import SECTIONS, RunConfig
 from llamaforge.errors import ConfigError
 
 CONFIG_NAME = "config.yaml"
@@ -136,12 +136,12 @@ def run_fingerprint(cfg: RunConfig, data_hash: str) -> dict[str, Any]:
     return flat
 
 
-def default_values() -> dict[str, Any]:
-    """Every key's default, flat and plain (lists, not tuples), as fingerprints hold them."""
-    from llamaforge.config.loader import ALL_SECTIONS
-
+def default_values(stage: str | None) -> dict[str, Any]:
+    """Every key's default for a run of ``stage``, flat and plain (lists, not tuples), as
+    fingerprints hold them (stage sections may share a key name, with their own defaults)."""
+    classes = [*SECTIONS.values(), *([STAGE_SECTIONS[stage]] if stage in STAGE_SECTIONS else [])]
     flat: dict[str, Any] = {}
-    for cls in ALL_SECTIONS.values():
+    for cls in classes:
         flat.update(json.loads(json.dumps(dataclasses.asdict(cls()))))
     return flat
 
@@ -193,7 +193,7 @@ def resolve_resume(run_dir: Path, resume: str | None, fingerprint: dict[str, Any
     saved = json.loads((checkpoint / CHECKPOINT_MARKER).read_text())["fingerprint"]
     # A key added to llamaforge after the checkpoint was written is absent from it: the run
     # had that key's default, so only a non-default value now is a change.
-    defaults = default_values()
+    defaults = default_values(fingerprint.get("stage"))
     changed = sorted(
         k
         for k in set(saved) | set(fingerprint)

@@ -12,10 +12,11 @@ from llamaforge.config.loader import ALIASES
 from llamaforge.config.stages import STAGES
 
 
-def _field_docs() -> dict[str, str]:
-    """Attribute docstrings (the string literal right after each annotated field)."""
+def _field_docs() -> dict[tuple[str, str], str]:
+    """Attribute docstrings (the string literal right after each annotated field), by
+    (class name, field name): stage sections may share a field name, each with its doc."""
     tree = ast.parse(inspect.getsource(sections))
-    docs: dict[str, str] = {}
+    docs: dict[tuple[str, str], str] = {}
     for node in ast.walk(tree):
         if not isinstance(node, ast.ClassDef):
             continue
@@ -28,15 +29,19 @@ def _field_docs() -> dict[str, str]:
                 and isinstance(nxt.value, ast.Constant)
                 and isinstance(nxt.value.value, str)
             ):
-                docs[stmt.target.id] = " ".join(nxt.value.value.split())
+                docs[node.name, stmt.target.id] = " ".join(nxt.value.value.split())
     return docs
 
 
-def _section_lines(cls: type, docs: dict[str, str]) -> list[str]:
+def _section_lines(cls: type, docs: dict[tuple[str, str], str]) -> list[str]:
     lines = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
-        lines.append(f"  {f.name} = {default!r}\n      {docs.get(f.name, '')}")
+        # A field declared in a base class has its doc there (the nearest declaration wins).
+        doc = next(
+            (docs[k.__name__, f.name] for k in cls.__mro__ if (k.__name__, f.name) in docs), ""
+        )
+        lines.append(f"  {f.name} = {default!r}\n      {doc}")
     return lines
 
 

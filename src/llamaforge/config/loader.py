@@ -59,23 +59,39 @@ def field_sections(sections: Mapping[str, type]) -> dict[str, str]:
     return owner
 
 
+def stage_keys(common: Mapping[str, str], stages: Mapping[str, type]) -> dict[str, tuple[str, ...]]:
+    """Key name → the stages whose section has it. A run has one stage's section only, so
+    stage sections may share a name (``beta`` of dpo and grpo) and the stage decides; a
+    stage key that is also a key of every run (``common``) is refused as in
+    :func:`field_sections`."""
+    owners: dict[str, list[str]] = {}
+    for stage, cls in stages.items():
+        for f in dataclasses.fields(cls):
+            if f.name in common:
+                raise TypeError(
+                    f"config key '{f.name}' is defined in sections '{common[f.name]}' and "
+                    f"'{stage}'; give one of them another name"
+                )
+            owners.setdefault(f.name, []).append(stage)
+    return {key: tuple(names) for key, names in owners.items()}
+
+
 # The sections every run has, then one per stage (named after it) for its own options.
-ALL_SECTIONS: dict[str, type] = {
-    **SECTIONS,
-    **{name: stage.options for name, stage in STAGES.items()},
-}
-FIELD_SECTION: dict[str, str] = field_sections(ALL_SECTIONS)
+STAGE_SECTIONS: dict[str, type] = {name: stage.options for name, stage in STAGES.items()}
+ALL_SECTIONS: dict[str, type] = {**SECTIONS, **STAGE_SECTIONS}
+FIELD_SECTION: dict[str, str] = field_sections(SECTIONS)
+STAGE_KEYS: dict[str, tuple[str, ...]] = stage_keys(FIELD_SECTION, STAGE_SECTIONS)
 _HINTS: dict[str, dict[str, Any]] = {
     section: typing.get_type_hints(cls) for section, cls in ALL_SECTIONS.items()
 }
 
 
 def known_keys() -> list[str]:
-    return sorted(FIELD_SECTION)
+    return sorted({*FIELD_SECTION, *STAGE_KEYS})
 
 
 def _did_you_mean(key: str) -> str:
-    candidates = [*FIELD_SECTION, *ALIASES, *ALL_SECTIONS]
+    candidates = [*FIELD_SECTION, *STAGE_KEYS, *ALIASES, *ALL_SECTIONS]
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     return (
         f"; did you mean '{close[0]}'?" if close else "; run `llamaforge config keys` to list keys"
@@ -164,7 +180,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"expected a mapping, got {value!r}")
-        return dict(value)
+        value_hint = typing.get_args(hint)[1]
+        return {str(k): _coerce(v, value_hint, key) for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -220,7 +237,8 @@ def build_run_config(
     """Build a RunConfig from (key, value, place) entries; later entries win."""
     errors: list[str] = []
     values: dict[str, dict[str, Any]] = {section: {} for section in ALL_SECTIONS}
-    places: dict[str, str] = {}
+    # Stage keys wait for the stage, which decides the section (and may come later).
+    stage_entries: list[tuple[str, Any, str, str]] = []
     for raw_key, value, place in entries:
         section_hint, _, key = raw_key.rpartition(".")
         if key in IGNORED_KEYS:
@@ -229,27 +247,33 @@ def build_run_config(
         if key in ALIASES:
             value = _alias_value(key, value)
             key = ALIASES[key]
-        section = FIELD_SECTION.get(key)
-        if section is None or (section_hint and section_hint != section):
-            if section is not None:
-                errors.append(f"{place}: key '{raw_key}' belongs in section '{section}'")
-            else:
-                errors.append(f"{place}: unknown key '{raw_key}'{_did_you_mean(key)}")
-            continue
-        try:
-            values[section][key] = _coerce(value, _HINTS[section][key], key)
-            places[key] = place
-        except ValueError as e:
-            errors.append(f"{place}: key '{key}': {e}")
+        section, owners = FIELD_SECTION.get(key), STAGE_KEYS.get(key, ())
+        if section is None and not owners:
+            errors.append(f"{place}: unknown key '{raw_key}'{_did_you_mean(key)}")
+        elif section_hint and section_hint != section and section_hint not in owners:
+            where = section or "' or '".join(owners)
+            errors.append(f"{place}: key '{raw_key}' belongs in section '{where}'")
+        elif section is None:
+            stage_entries.append((key, value, place, section_hint))
+        else:
+            try:
+                values[section][key] = _coerce(value, _HINTS[section][key], key)
+            except ValueError as e:
+                errors.append(f"{place}: key '{key}': {e}")
     sections = {section: cls(**values[section]) for section, cls in SECTIONS.items()}
     stage = sections["training"].stage
-    for name in STAGES:
-        if name != stage:
-            errors.extend(
-                f"{places[key]}: key '{key}' belongs to stage '{name}', not '{stage}'; "
-                f"set stage: {name} or remove it"
-                for key in values[name]
+    for key, value, place, section_hint in stage_entries:
+        owner = section_hint or (stage if stage in STAGE_KEYS[key] else STAGE_KEYS[key][0])
+        if owner != stage:
+            errors.append(
+                f"{place}: key '{key}' belongs to stage '{owner}', not '{stage}'; "
+                f"set stage: {owner} or remove it"
             )
+            continue
+        try:
+            values[stage][key] = _coerce(value, _HINTS[stage][key], key)
+        except ValueError as e:
+            errors.append(f"{place}: key '{key}': {e}")
     options = STAGES[stage].options(**values[stage]) if stage in STAGES else None
     config = RunConfig(**sections, options=options, source=source)
     errors.extend(validate_run_config(config))

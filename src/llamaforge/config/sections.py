@@ -108,8 +108,8 @@ class TrainingConfig:
     stage: str = "sft"
     """Training stage: sft (supervised fine-tuning) | pt (continued pretraining on raw text)
     | rm (reward model on preference pairs) | dpo | kto | orpo | simpo (preference
-    training). Options that only one stage uses live in that stage's own section (``sft:``,
-    ``pt:``, ...)."""
+    training) | grpo | rloo (online RL: sampled answers scored by rewards). Options that
+    only one stage uses live in that stage's own section (``sft:``, ``pt:``, ...)."""
     output_dir: str | None = None
     """Run directory; default ``runs/<stage>-<timestamp>``."""
     batch_size: int = 16
@@ -277,6 +277,72 @@ class SimPOConfig:
     """SimPO's beta: scale of the length-normalised log-probability reward."""
     simpo_gamma: float = 0.5
     """SimPO's target reward margin (gamma) between chosen and rejected answers."""
+
+
+def _exact_answer_only() -> dict[str, float]:
+    return {"exact_answer": 1.0}
+
+
+@dataclass(frozen=True)
+class OnlineRLConfig:
+    """The options of the online RL stages (grpo, rloo): rollouts, rewards, held-out set."""
+
+    rewards: dict[str, float] = field(default_factory=_exact_answer_only)
+    """Rewards and their weights, e.g. ``{exact_answer: 1.0, format: 0.2}``; a completion's
+    reward is the weighted sum. ``exact_answer``: 1 when the completion's final number or
+    option letter ("The answer is 42", "答案是 42", "#### 42", "(B)", else its last number)
+    equals the reference answer's (the record's answer), else 0. ``format``: 1 when
+    ``format_pattern`` occurs in it. ``length``: 1 inside ``length_band`` tokens (below
+    it n / min, above it falling linearly to 0 at 2 × max). ``module:function``: your own function,
+    called as ``f(prompts=, completions=, completion_ids=, answer=, messages=, **kwargs)``
+    and returning one number per completion (a module next to the config file is found).
+    Any other name: the run directory of a ``stage: rm`` run, whose score of the prompt
+    and completion is the reward."""
+    format_pattern: str | None = None
+    """Reward ``format``: a regular expression the completion must contain (``re.search``);
+    unset: an explicit final answer ("The answer is N", "答案是 N", "#### N")."""
+    length_band: tuple[int, ...] = ()
+    """Reward ``length``: ``[min, max]`` completion tokens that earn the full reward."""
+    num_generations: int = 8
+    """Completions sampled per prompt (a group). ``batch_size`` counts completions: each
+    optimizer step samples batch_size / num_generations prompts."""
+    max_completion_length: int = 256
+    """The most tokens of a sampled completion (and of a held-out answer)."""
+    rollout_temperature: float = 1.0
+    """Sampling temperature of the rollouts (> 0)."""
+    rollout_top_p: float = 1.0
+    """Nucleus sampling mass of the rollouts (0 < top_p <= 1; 1: no limit)."""
+    rollout_top_k: int = 0
+    """Sample rollouts from the k most likely tokens (0: no limit)."""
+    held_out: tuple[str, ...] = ()
+    """Datasets (paths or registry names) of problems with reference answers, answered
+    greedily before and after training and scored like ``exact_answer``: summary.json's
+    ``held_out`` holds the accuracy before and after (and held_out_answers.jsonl the
+    answers)."""
+
+
+@dataclass(frozen=True)
+class GRPOConfig(OnlineRLConfig):
+    beta: float = 0.0
+    """Weight of the per-token KL penalty to the reference (the base model: the adapter
+    disabled); 0 skips the reference pass (TRL's default; DeepSeek-R1 used 0.001)."""
+    loss_type: str = "dapo"
+    """How token losses are averaged: dapo (over every completion token of the batch) |
+    grpo (per completion, then over completions; favours short right answers) | dr_grpo
+    (divided by max_completion_length) | bnpo (over the micro-batch's tokens)."""
+    scale_rewards: str = "group"
+    """Advantage = reward - its group's mean, divided by: group (the group's standard
+    deviation) | batch (the batch's) | none (Dr. GRPO: no division)."""
+
+
+@dataclass(frozen=True)
+class RLOOConfig(OnlineRLConfig):
+    beta: float = 0.05
+    """Weight of the KL penalty to the reference (the base model: the adapter disabled),
+    subtracted from each completion's reward (the RLOO paper's form); 0 skips the
+    reference pass."""
+    normalize_advantages: bool = False
+    """Scale the leave-one-out advantages of each batch to unit variance."""
 
 
 SECTIONS: dict[str, type] = {

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from llamaforge.config.sections import (
     DPOConfig,
+    GRPOConfig,
     KTOConfig,
     ORPOConfig,
     PretrainConfig,
     RewardModelConfig,
+    RLOOConfig,
     SFTConfig,
     SimPOConfig,
 )
@@ -65,5 +67,15 @@ STAGES: dict[str, Stage] = {
         "SimPO on pairs: length-normalised rewards with a target margin, no reference model",
         SimPOConfig,
         "llamaforge.methods.simpo:run_simpo",
+    ),
+    "grpo": Stage(
+        "GRPO: completions sampled per prompt, scored by rewards, each against its group's mean",
+        GRPOConfig,
+        "llamaforge.methods.grpo:run_grpo",
+    ),
+    "rloo": Stage(
+        "RLOO: completions sampled per prompt, each scored against the mean of the others",
+        RLOOConfig,
+        "llamaforge.methods.rloo:run_rloo",
     ),
 }

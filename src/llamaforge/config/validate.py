@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 from llamaforge.config.finetuning import FINETUNING
 from llamaforge.config.sections import (
     DPOConfig,
     GenerationConfig,
+    GRPOConfig,
     KTOConfig,
+    OnlineRLConfig,
     ORPOConfig,
     PretrainConfig,
     RunConfig,
@@ -176,6 +181,7 @@ def validate_run_config(cfg: RunConfig) -> list[str]:
                 f"{ft.finetuning} {'trains every row already' if ft.finetuning == 'full' else 'has no LoRA'})"
             )
     errors.extend(validate_preference(cfg))
+    errors.extend(validate_online(cfg))
     errors.extend(validate_generation(cfg.generation))
     return errors
 
@@ -245,4 +251,130 @@ def validate_preference(cfg: RunConfig) -> list[str]:
             )
         if options.sft_weight < 0:
             errors.append(f"key 'sft_weight': must be >= 0, got {options.sft_weight}")
+    return errors
+
+
+USER_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def validate_online(cfg: RunConfig) -> list[str]:
+    """The online RL stages' options (grpo, rloo), and the shared settings they cannot use."""
+    options, errors, stage = cfg.options, list[str](), cfg.training.stage
+    if not isinstance(options, OnlineRLConfig):
+        return errors
+    errors.extend(_reward_errors(options))
+    if options.num_generations < 2:
+        errors.append(
+            f"key 'num_generations': must be >= 2 (each completion is scored against the "
+            f"others of its prompt), got {options.num_generations}"
+        )
+    elif cfg.training.batch_size % options.num_generations:
+        errors.append(
+            f"key 'batch_size': stage {stage} counts completions, {options.num_generations} "
+            f"per prompt (num_generations); {cfg.training.batch_size} is not a multiple of it"
+        )
+    if options.max_completion_length < 1:
+        errors.append(
+            f"key 'max_completion_length': must be >= 1, got {options.max_completion_length}"
+        )
+    elif options.max_completion_length >= cfg.data.cutoff_len:
+        errors.append(
+            f"key 'max_completion_length': {options.max_completion_length} leaves no room for "
+            f"the prompt within cutoff_len {cfg.data.cutoff_len}"
+        )
+    if options.rollout_temperature <= 0:
+        errors.append(f"key 'rollout_temperature': must be > 0, got {options.rollout_temperature}")
+    if not 0 < options.rollout_top_p <= 1:
+        errors.append(f"key 'rollout_top_p': must be in (0, 1], got {options.rollout_top_p}")
+    if options.rollout_top_k < 0:
+        errors.append(
+            f"key 'rollout_top_k': must be >= 0 (0: no limit), got {options.rollout_top_k}"
+        )
+    beta = getattr(options, "beta", 0.0)
+    if beta < 0:
+        errors.append(f"key 'beta': must be >= 0, got {beta}")
+    kind = FINETUNING.get(cfg.finetuning.finetuning)
+    if beta > 0 and kind is not None and kind.adapter is None:
+        errors.append(
+            f"key 'beta': with finetuning {cfg.finetuning.finetuning} the reference would be "
+            "a second model TRL loads from the base's path (not this run's starting point); "
+            "use an adapter (lora: the reference is the adapter disabled) or beta 0"
+        )
+    if cfg.finetuning.finetuning in ("prefix", "prompt"):
+        errors.append(
+            f"key 'finetuning': {cfg.finetuning.finetuning} is not supported by stage {stage} "
+            "(virtual tokens shift the positions its log-probabilities are read at); use "
+            "lora, qlora, freeze or full"
+        )
+    if isinstance(options, GRPOConfig):
+        if options.loss_type not in LOSS_TYPES:
+            errors.append(
+                f"key 'loss_type': '{options.loss_type}' is not one of: {', '.join(LOSS_TYPES)}"
+            )
+        if options.scale_rewards not in SCALE_REWARDS:
+            errors.append(
+                f"key 'scale_rewards': '{options.scale_rewards}' is not one of: "
+                f"{', '.join(SCALE_REWARDS)}"
+            )
+    elif cfg.finetuning.lora_dropout and kind is not None and kind.adapter == "lora":
+        # TRL's RLOO samples with the training model in train mode: dropout would perturb
+        # the rollouts, so it runs without (stage grpo samples with dropout off itself).
+        errors.append(
+            "key 'lora_dropout': stage rloo trains without dropout (its rollouts sample from "
+            "the model in training mode); set lora_dropout: 0"
+        )
+    if cfg.data.val_set_size:
+        errors.append(
+            f"key 'val_set_size': stage {stage} evaluates on the held_out datasets (greedy "
+            "answers scored before and after training); set held_out: [file] instead"
+        )
+    if cfg.data.group_by_length:
+        errors.append(f"key 'group_by_length': stage {stage} has no length column; remove it")
+    unused = [
+        key
+        for key, value in vars(cfg.generation).items()
+        if value != getattr(GenerationConfig(), key)
+    ]
+    errors.extend(
+        f"key '{key}': stage {stage} samples its rollouts with rollout_temperature, "
+        "rollout_top_p, rollout_top_k and max_completion_length (the generation section is "
+        "for generate, chat and serve); remove it"
+        for key in unused
+    )
+    return errors
+
+
+def _reward_errors(options: OnlineRLConfig) -> list[str]:
+    errors = []
+    if not options.rewards:
+        errors.append("key 'rewards': give at least one reward, e.g. {exact_answer: 1.0}")
+    for name, weight in options.rewards.items():
+        if not math.isfinite(weight):
+            errors.append(f"key 'rewards': the weight of '{name}' must be a finite number")
+        if ":" in name and not USER_FUNCTION.match(name):
+            errors.append(
+                f"key 'rewards': '{name}' is neither module:function (a Python function of "
+                "yours) nor a run directory (no ':' in it)"
+            )
+    if options.format_pattern is not None:
+        if "format" not in options.rewards:
+            errors.append(
+                "key 'format_pattern': used by the reward 'format' only; add it to rewards"
+            )
+        try:
+            re.compile(options.format_pattern)
+        except re.error as e:
+            errors.append(f"key 'format_pattern': not a regular expression: {e}")
+    band = options.length_band
+    if band and "length" not in options.rewards:
+        errors.append("key 'length_band': used by the reward 'length' only; add it to rewards")
+    if "length" in options.rewards and not (
+        len(band) == 2 and 0 <= band[0] <= band[1] and band[1] > 0
+    ):
+        errors.append(
+            f"key 'length_band': the reward 'length' needs [min, max] completion tokens with "
+            f"0 <= min <= max and max > 0, got {list(band)}"
+        )
     return errors

@@ -2,7 +2,9 @@
 
 Time and activation memory are calibrated by running forward+backward on two real
 micro-batches (the first warms up kernels); gradients are then discarded and the RNG
-state restored, so the run that follows is exactly the one without the estimate.
+state restored, so the run that follows is exactly the one without the estimate. The
+online RL stages' batches are prompts (their completions are sampled while training, and
+sampling is most of a step): their time is not estimated.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -104,6 +107,15 @@ def _first_examples(dataset: Any, count: int) -> list[Any]:
     return [dataset[i] for i in range(min(count, len(dataset)))]
 
 
+def samples_prompts(trainer: Trainer) -> bool:
+    """Whether the trainer's batches are prompts it samples completions for (GRPO, RLOO:
+    its collator hands on the rows as they are, not tensors)."""
+    dataset = trainer.train_dataset
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not len(dataset):
+        return False
+    return not isinstance(trainer.data_collator([dataset[0]]), Mapping)
+
+
 def _data_line(trainer: Trainer) -> tuple[str, int, str]:
     """The pre-flight's data line, the micro-batches of one epoch (of max_steps for a
     stream, which has no epochs) and what they span."""
@@ -113,6 +125,13 @@ def _data_line(trainer: Trainer) -> tuple[str, int, str]:
         micro_batches = args.max_steps * args.gradient_accumulation_steps
         line = f"  data: streamed from disk / {num_val} validation examples"
         return line, micro_batches, f"the {args.max_steps} steps"
+    if samples_prompts(trainer):
+        completions = len(dataset) * getattr(args, "num_generations", 1)
+        micro_batches = math.ceil(
+            completions / (args.per_device_train_batch_size * args.world_size)
+        )
+        line = f"  data: {len(dataset)} prompts, {completions} sampled completions per epoch"
+        return line, micro_batches, "epoch"
     tokens = epoch_tokens(dataset)
     micro_batches = math.ceil(len(dataset) / (args.per_device_train_batch_size * args.world_size))
     line = (
@@ -132,12 +151,11 @@ def print_preflight(
     args = trainer.args
     data_line, micro_batches, span = _data_line(trainer)
     steps = max(1, micro_batches // args.gradient_accumulation_steps)
-    seconds_per_micro = _calibrate(trainer, precision)
+    seconds_per_micro = None if samples_prompts(trainer) else _calibrate(trainer, precision)
     # Adam keeps two fp32 moments and a gradient per trainable parameter.
     optimizer_bytes = trainable * 12
     peak = peak_memory_bytes() + optimizer_bytes
     available = available_memory_bytes()
-    span_s = seconds_per_micro * micro_batches
     verdict = (
         "fits" if peak < 0.9 * available else "DOES NOT FIT — lower micro_batch_size or cutoff_len"
     )
@@ -149,6 +167,9 @@ def print_preflight(
         f"accumulation × {args.world_size} process(es); {steps} optimizer steps per {span}",
         f"  precision {precision}, packing {'on' if packing else 'off'}",
         f"  memory: peak ≈ {peak / _GIB:.2f} GiB of {available / _GIB:.1f} GiB available — {verdict}",
-        f"  time: {seconds_per_micro:.2f} s per micro-batch → ≈ {span_s / 60:.1f} min per {span}",
+        f"  time: {seconds_per_micro:.2f} s per micro-batch → ≈ "
+        f"{seconds_per_micro * micro_batches / 60:.1f} min per {span}"
+        if seconds_per_micro is not None
+        else "  time: not estimated (sampling completions is most of each step)",
     ]
     logger.info("\n".join(lines))

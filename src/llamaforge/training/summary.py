@@ -108,3 +108,12 @@ def write_summary(
     }
     write_atomic(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
     return summary
+
+
+def add_to_summary(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Add a stage's own results computed after training (e.g. held-out accuracy before and
+    after) to the summary.json the harness wrote."""
+    path = run_dir / SUMMARY_NAME
+    summary = {**json.loads(path.read_text(encoding="utf-8")), **fields}
+    write_atomic(path, json.dumps(summary, indent=2))
+    return summary
