@@ -345,6 +345,45 @@ class RLOOConfig(OnlineRLConfig):
     """Scale the leave-one-out advantages of each batch to unit variance."""
 
 
+@dataclass(frozen=True)
+class PPOConfig(OnlineRLConfig):
+    num_generations: int = 1
+    """Responses sampled per prompt of a rollout batch."""
+    held_out: tuple[str, ...] = ()
+    """Datasets (paths or registry names) of held-out prompts, answered greedily before and
+    after training and scored by ``rewards``: summary.json's ``held_out`` holds the mean
+    reward before and after (held_out_answers.jsonl every answer)."""
+    rollout_size: int = 16
+    """Prompts per rollout batch: its rollout_size × num_generations responses are scored
+    together (advantages whitened over them); a multiple of batch_size."""
+    ppo_epochs: int = 2
+    """Passes over each rollout batch, each in a new order, one optimizer step per
+    batch_size responses."""
+    kl_coef: float = 0.05
+    """Coefficient of the per-token KL penalty to the reference (the starting model: the
+    adapter disabled); the initial value when kl_target is set."""
+    kl_target: float | None = None
+    """Adapt kl_coef after each rollout batch so that the KL of a response to the reference
+    approaches this (Ziegler et al. 2019); unset: kl_coef stays fixed."""
+    kl_horizon: int = 10000
+    """How slowly the adaptive kl_coef moves: by at most 20 % per kl_horizon responses."""
+    gamma: float = 1.0
+    """Discount per token in GAE (1: none)."""
+    lam: float = 0.95
+    """GAE's lambda: 1 is Monte-Carlo returns, 0 one-step bootstrapping."""
+    clip_range: float = 0.2
+    """PPO's clip of the probability ratio (1 ± clip_range)."""
+    clip_range_value: float = 0.2
+    """How far a value may move from its rollout's value before its loss is clipped."""
+    value_coef: float = 0.1
+    """Weight of the value loss beside the policy loss."""
+    missing_eos_penalty: float = 1.0
+    """Taken off the reward of a response that reaches max_completion_length without
+    ending (0: none)."""
+    normalize_rewards: bool = True
+    """Scale rewards by the running mean and standard deviation of all rewards so far."""
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,

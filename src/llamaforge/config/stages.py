@@ -15,6 +15,7 @@ from llamaforge.config.sections import (
     GRPOConfig,
     KTOConfig,
     ORPOConfig,
+    PPOConfig,
     PretrainConfig,
     RewardModelConfig,
     RLOOConfig,
@@ -77,5 +78,11 @@ STAGES: dict[str, Stage] = {
         "RLOO: completions sampled per prompt, each scored against the mean of the others",
         RLOOConfig,
         "llamaforge.methods.rloo:run_rloo",
+    ),
+    "ppo": Stage(
+        "PPO (RLHF): sampled answers scored by rewards (e.g. a reward model), clipped updates "
+        "with a value head, GAE and a KL penalty to the starting model",
+        PPOConfig,
+        "llamaforge.methods.ppo:run_ppo",
     ),
 }

@@ -13,6 +13,7 @@ from llamaforge.config.sections import (
     KTOConfig,
     OnlineRLConfig,
     ORPOConfig,
+    PPOConfig,
     PretrainConfig,
     RunConfig,
     SFTConfig,
@@ -265,7 +266,9 @@ def validate_online(cfg: RunConfig) -> list[str]:
     if not isinstance(options, OnlineRLConfig):
         return errors
     errors.extend(_reward_errors(options))
-    if options.num_generations < 2:
+    if isinstance(options, PPOConfig):
+        errors.extend(validate_ppo(cfg, options))
+    elif options.num_generations < 2:
         errors.append(
             f"key 'num_generations': must be >= 2 (each completion is scored against the "
             f"others of its prompt), got {options.num_generations}"
@@ -376,5 +379,45 @@ def _reward_errors(options: OnlineRLConfig) -> list[str]:
         errors.append(
             f"key 'length_band': the reward 'length' needs [min, max] completion tokens with "
             f"0 <= min <= max and max > 0, got {list(band)}"
+        )
+    return errors
+
+
+def validate_ppo(cfg: RunConfig, options: PPOConfig) -> list[str]:
+    """Stage ppo's own options (the shared online RL ones are checked with grpo's)."""
+    errors = []
+    for key in ("num_generations", "rollout_size", "ppo_epochs", "kl_horizon"):
+        if getattr(options, key) < 1:
+            errors.append(f"key '{key}': must be >= 1, got {getattr(options, key)}")
+    responses = options.rollout_size * options.num_generations
+    if responses >= 1 and responses % cfg.training.batch_size:
+        errors.append(
+            f"key 'rollout_size': a rollout batch of {options.rollout_size} prompts × "
+            f"{options.num_generations} responses must be a multiple of batch_size "
+            f"({cfg.training.batch_size}): each optimizer step takes batch_size of them"
+        )
+    for key in ("gamma", "lam"):
+        if not 0 <= getattr(options, key) <= 1:
+            errors.append(f"key '{key}': must be in [0, 1], got {getattr(options, key)}")
+    for key in ("kl_coef", "value_coef", "missing_eos_penalty"):
+        if getattr(options, key) < 0:
+            errors.append(f"key '{key}': must be >= 0, got {getattr(options, key)}")
+    for key in ("clip_range", "clip_range_value"):
+        if getattr(options, key) <= 0:
+            errors.append(f"key '{key}': must be > 0, got {getattr(options, key)}")
+    if options.kl_target is not None and options.kl_target <= 0:
+        errors.append(
+            f"key 'kl_target': must be > 0 (or unset: fixed kl_coef), got {options.kl_target}"
+        )
+    kind = FINETUNING.get(cfg.finetuning.finetuning)
+    if kind is not None and kind.adapter is None:
+        errors.append(
+            f"key 'finetuning': stage ppo's reference is the starting model with the adapter "
+            f"disabled; {cfg.finetuning.finetuning} has no adapter (use lora or qlora)"
+        )
+    elif cfg.finetuning.lora_dropout:
+        errors.append(
+            "key 'lora_dropout': stage ppo compares the policy's log-probs with the rollout's, "
+            "taken without dropout; set lora_dropout: 0"
         )
     return errors
